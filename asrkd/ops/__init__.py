@@ -1,0 +1,234 @@
+"""Fused temperature-softmax KL divergence for frame-level knowledge distillation.
+
+``kd_kl_div`` computes T² · KL(softmax(teacher/T) ‖ softmax(student/T)) per frame and
+its gradient w.r.t. the student in one pass over the logits (C++/CUDA kernels in
+``csrc/``, registered as ``torch.ops.asrkd.*``). The backward only scales the gradient
+the forward produced. Without the compiled extension (or on a device it has no kernel
+for) the same functions run :mod:`asrkd.ops.reference` and warn once.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from asrkd.ops import reference
+from asrkd.ops._validate import check_dense, check_topk, reduce_frames, valid_mask
+
+__all__ = ["kd_kl_div", "kd_kl_div_topk", "extension_available", "extension_info", "reference"]
+
+_CAP_ORDER = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+_C = None
+_LOAD_ERROR: str | None = None
+_WARNED: set[str] = set()
+
+
+def _load_extension() -> None:
+    global _C, _LOAD_ERROR
+    info_path = Path(__file__).resolve().parent.parent / "_build_info.json"
+    try:
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        built_cap = info.get("cpu_capability", "DEFAULT")
+        have_cap = torch.backends.cpu.get_cpu_capability().upper()
+        # Loading code compiled for SIMD instructions this CPU lacks would crash the process.
+        if _CAP_ORDER.get(built_cap, 0) > _CAP_ORDER.get(have_cap, 0):
+            _LOAD_ERROR = (
+                f"extension was compiled for {built_cap} but this CPU supports {have_cap}; "
+                "rebuild it here (scripts/setup.sh)"
+            )
+            return
+        built_torch = info.get("torch")
+        if built_torch and built_torch != torch.__version__:
+            _LOAD_ERROR = (
+                f"extension was built against torch {built_torch} but torch {torch.__version__} is "
+                "installed; rebuild it (scripts/setup.sh)"
+            )
+            return
+        from asrkd import _C as ext  # noqa: PLC0415  (torch must be imported first)
+
+        _C = ext
+    except (ImportError, OSError) as err:  # missing or unloadable shared library
+        _LOAD_ERROR = f"{type(err).__name__}: {err}"
+
+
+_load_extension()
+
+
+def extension_available() -> bool:
+    """True when the compiled ``asrkd._C`` extension (CPU kernel at least) is loaded."""
+    return _C is not None
+
+
+def extension_info() -> dict:
+    """What the loaded extension was built with, or why it is not loaded."""
+    if _C is None:
+        return {"available": False, "error": _LOAD_ERROR}
+    return {"available": True, "cuda": bool(_C.has_cuda()), "cpu_capability": _C.cpu_capability()}
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def _use_extension(device: torch.device) -> bool:
+    if _C is None:
+        _warn_once("missing", f"asrkd: compiled KD op not available ({_LOAD_ERROR}); using the PyTorch reference")
+        return False
+    if device.type == "cpu" or (device.type == "cuda" and _C.has_cuda()):
+        return True
+    _warn_once(device.type, f"asrkd: no compiled KD kernel for {device.type} tensors; using the PyTorch reference")
+    return False
+
+
+def _prepare(student, lengths, weights):
+    """Move lengths/weights next to the student in the layout the kernels read."""
+    if lengths is not None:
+        lengths = lengths.to(device=student.device, dtype=torch.int64, non_blocking=True)
+    if weights is not None:
+        weights = weights.to(torch.float32).contiguous()
+    if student.stride(-1) != 1:
+        # The kernels need each frame's V logits contiguous; B and T strides are free.
+        student = student.contiguous()
+    return student, lengths, weights
+
+
+def _needs_grad(student: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and student.requires_grad
+
+
+def kd_kl_div(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Frame-level distillation loss T² · KL(softmax(teacher/T) ‖ softmax(student/T)).
+
+    Args:
+        student: (B, T, V) logits, float32/float64/bfloat16/float16. Any strides on B and
+            T (a time-major (T, B, V) tensor viewed with ``.transpose(0, 1)`` is not copied);
+            V must be contiguous or the tensor is copied once.
+        teacher: (B, T, V) logits of any float dtype; a constant (gets no gradient).
+        lengths: (B,) integer count of valid frames per utterance (CPU or the student's
+            device); None means every frame is valid. Padded frames contribute nothing.
+        temperature: T > 0. The T² factor keeps gradient magnitudes comparable across T.
+        reduction: ``"mean"`` (Σ w·loss / Σ w over valid frames, 0 for an all-masked batch),
+            ``"sum"``, ``"batchmean"`` (sum / B) or ``"none"`` (per-frame (B, T), 0 at padding).
+        weights: optional (B, T) per-frame weights (e.g. blank-aware KD); a constant.
+
+    Returns:
+        Scalar (or (B, T) for ``"none"``) in float32, float64 for float64 students.
+    """
+    check_dense(student, teacher, lengths, weights, temperature, reduction)
+    if not _use_extension(student.device):
+        return reference.kd_kl_div(
+            student, teacher, lengths, temperature=temperature, reduction=reduction, weights=weights
+        )
+    student, lengths, weights = _prepare(student, lengths, weights)
+    if teacher.stride(-1) != 1:
+        teacher = teacher.contiguous()
+    per_frame, _ = torch.ops.asrkd.kd_kl_div_fwd(
+        student, teacher, lengths, weights, float(temperature), _needs_grad(student)
+    )
+    B, T, _ = student.shape
+    return reduce_frames(per_frame, valid_mask(lengths, B, T, student.device), lengths, weights, reduction)
+
+
+def kd_kl_div_topk(
+    student: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_logprob: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Distillation loss against a teacher stored as top-k log-probabilities.
+
+    The teacher distribution (at temperature 1) is the K stored log-probabilities plus
+    the missing mass ``1 - Σ exp(topk_logprob)`` spread evenly over the other V - K
+    tokens; it is then tempered like a dense teacher. With K = V this equals
+    :func:`kd_kl_div` on the teacher's log-probabilities. See
+    :func:`asrkd.ops.reference.topk_to_dense_logprobs`.
+
+    Args:
+        student: (B, T, V) logits.
+        topk_idx: (B, T, K) int64/int32/int16 token ids, distinct within each frame.
+        topk_logprob: (B, T, K) teacher log-probabilities (any float dtype, fp16 in caches).
+        lengths, temperature, reduction, weights: as in :func:`kd_kl_div`.
+    """
+    check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction)
+    if not _use_extension(student.device):
+        return reference.kd_kl_div_topk(
+            student, topk_idx, topk_logprob, lengths, temperature=temperature, reduction=reduction, weights=weights
+        )
+    student, lengths, weights = _prepare(student, lengths, weights)
+    per_frame, _ = torch.ops.asrkd.kd_kl_div_topk_fwd(
+        student, topk_idx.contiguous(), topk_logprob.contiguous(), lengths, weights, float(temperature),
+        _needs_grad(student),
+    )
+    B, T, _ = student.shape
+    return reduce_frames(per_frame, valid_mask(lengths, B, T, student.device), lengths, weights, reduction)
+
+
+# ---------------------------------------------------------------------------------------
+# Registration of the C++ ops with autograd and fake tensors (torch.compile).
+# Each forward returns (per-frame loss (B, T), unit gradient (B, T, V) in the student's
+# dtype, or an empty tensor when no gradient was asked for). The gradient output is a
+# by-product, not differentiable; backward scales it by the incoming per-frame gradient.
+
+
+def _fake_outputs(student, compute_grad):
+    B, T, V = student.shape
+    acc = torch.float64 if student.dtype == torch.float64 else torch.float32
+    per_frame = student.new_empty((B, T), dtype=acc)
+    grad = student.new_empty((B, T, V) if compute_grad else (0,), dtype=student.dtype)
+    return per_frame, grad
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)
+    _, grad = output
+    ctx.mark_non_differentiable(grad)
+    ctx.compute_grad = inputs[-1]
+    ctx.save_for_backward(grad)
+
+
+def _backward_dense(ctx, grad_per_frame, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    if grad_per_frame is None:
+        return None, None, None, None, None, None
+    if not ctx.compute_grad:
+        raise RuntimeError(
+            "asrkd.ops: the KD loss was computed without a student gradient (grad mode off or the "
+            "student did not require grad at call time); call it again with autograd enabled"
+        )
+    return grad * grad_per_frame.unsqueeze(-1).to(grad.dtype), None, None, None, None, None
+
+
+def _backward_topk(ctx, grad_per_frame, _grad_of_grad):
+    g = _backward_dense(ctx, grad_per_frame, _grad_of_grad)
+    return (g[0], None, None, None, None, None, None)
+
+
+if _C is not None:
+
+    @torch.library.register_fake("asrkd::kd_kl_div_fwd")
+    def _(student, teacher, lengths, weights, temperature, compute_grad):
+        return _fake_outputs(student, compute_grad)
+
+    @torch.library.register_fake("asrkd::kd_kl_div_topk_fwd")
+    def _(student, topk_idx, topk_logprob, lengths, weights, temperature, compute_grad):
+        return _fake_outputs(student, compute_grad)
+
+    torch.library.register_autograd("asrkd::kd_kl_div_fwd", _backward_dense, setup_context=_setup_context)
+    torch.library.register_autograd("asrkd::kd_kl_div_topk_fwd", _backward_topk, setup_context=_setup_context)

@@ -1,0 +1,142 @@
+"""Argument checks and reductions shared by the fused op and the reference.
+
+Errors name the argument and the reason. Value checks that would need a host
+synchronisation on an accelerator (lengths range, top-k ids) run on the CPU eagerly and
+as ``torch._assert_async`` on other devices; they are skipped while torch.compile traces.
+"""
+
+from __future__ import annotations
+
+import torch
+
+REDUCTIONS = ("mean", "sum", "batchmean", "none")
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+def _check_float(name: str, x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"{name} must be a float tensor (float32/float64/float16/bfloat16), got {x.dtype}")
+
+
+def _check_common(student, lengths, weights, temperature, reduction) -> None:
+    _check_float("student", student)
+    if student.dim() != 3:
+        raise ValueError(f"student must have shape (B, T, V), got {tuple(student.shape)}")
+    B, T, V = student.shape
+    if V < 1:
+        raise ValueError(f"student must have a vocabulary dimension V >= 1, got shape {tuple(student.shape)}")
+    if isinstance(temperature, torch.Tensor) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature must be a Python number, got {type(temperature).__name__}")
+    if not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if lengths is not None:
+        if not isinstance(lengths, torch.Tensor):
+            raise TypeError(f"lengths must be a torch.Tensor or None, got {type(lengths).__name__}")
+        if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+            raise TypeError(f"lengths must be an integer tensor, got {lengths.dtype}")
+        if lengths.shape != (B,):
+            raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
+        if lengths.device != student.device and lengths.device.type != "cpu":
+            raise ValueError(
+                f"lengths is on {lengths.device} but student is on {student.device}; "
+                "lengths may be on the CPU or on the student's device"
+            )
+        if not _is_compiling():
+            if lengths.device.type == "cpu":
+                if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
+                    raise ValueError(
+                        f"lengths must lie in [0, T={T}], got values in "
+                        f"[{int(lengths.min())}, {int(lengths.max())}]"
+                    )
+            elif B:
+                torch._assert_async(((lengths >= 0) & (lengths <= T)).all(), f"lengths must lie in [0, T={T}]")
+    if weights is not None:
+        _check_float("weights", weights)
+        if weights.shape != (B, T):
+            raise ValueError(f"weights must have shape (B, T) = ({B}, {T}), got {tuple(weights.shape)}")
+        if weights.device != student.device:
+            raise ValueError(f"weights is on {weights.device} but student is on {student.device}")
+
+
+def check_dense(student, teacher, lengths, weights, temperature, reduction) -> None:
+    _check_common(student, lengths, weights, temperature, reduction)
+    _check_float("teacher", teacher)
+    if teacher.dim() != 3 or teacher.shape[:2] != student.shape[:2]:
+        raise ValueError(
+            f"teacher must have shape (B, T, V) matching student {tuple(student.shape)}, got {tuple(teacher.shape)}"
+        )
+    if teacher.shape[2] != student.shape[2]:
+        raise ValueError(
+            f"teacher vocabulary size V={teacher.shape[2]} differs from student V={student.shape[2]}; "
+            "map the teacher vocabulary onto the student's first (asrkd.losses.VocabMap)"
+        )
+    if teacher.device != student.device:
+        raise ValueError(f"teacher is on {teacher.device} but student is on {student.device}")
+
+
+def check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction) -> None:
+    _check_common(student, lengths, weights, temperature, reduction)
+    B, T, V = student.shape
+    if not isinstance(topk_idx, torch.Tensor) or topk_idx.dtype not in (torch.int64, torch.int32, torch.int16):
+        got = topk_idx.dtype if isinstance(topk_idx, torch.Tensor) else type(topk_idx).__name__
+        raise TypeError(f"topk_idx must be an int64/int32/int16 tensor, got {got}")
+    _check_float("topk_logprob", topk_logprob)
+    if topk_idx.dim() != 3 or topk_idx.shape[:2] != (B, T):
+        raise ValueError(f"topk_idx must have shape (B, T, K) with (B, T) = ({B}, {T}), got {tuple(topk_idx.shape)}")
+    if topk_logprob.shape != topk_idx.shape:
+        raise ValueError(
+            f"topk_logprob must have the shape of topk_idx {tuple(topk_idx.shape)}, got {tuple(topk_logprob.shape)}"
+        )
+    K = topk_idx.shape[2]
+    if not 1 <= K <= V:
+        raise ValueError(f"topk_idx must hold 1 <= K <= V={V} entries per frame, got K={K}")
+    for name, x in (("topk_idx", topk_idx), ("topk_logprob", topk_logprob)):
+        if x.device != student.device:
+            raise ValueError(f"{name} is on {x.device} but student is on {student.device}")
+    if _is_compiling() or topk_idx.numel() == 0:
+        return
+    in_range = ((topk_idx >= 0) & (topk_idx < V)).all()
+    srt = topk_idx.sort(dim=-1).values
+    distinct = (srt[..., 1:] != srt[..., :-1]).all()
+    if topk_idx.device.type == "cpu":
+        if not bool(in_range):
+            raise ValueError(
+                f"topk_idx must lie in [0, V={V}), got values in [{int(topk_idx.min())}, {int(topk_idx.max())}]"
+            )
+        if not bool(distinct):
+            raise ValueError("topk_idx must hold distinct token ids within each frame")
+    else:
+        torch._assert_async(in_range, f"topk_idx must lie in [0, V={V})")
+        torch._assert_async(distinct, "topk_idx must hold distinct token ids within each frame")
+
+
+def valid_mask(lengths, B: int, T: int, device) -> torch.Tensor:
+    if lengths is None:
+        return torch.ones(B, T, dtype=torch.bool, device=device)
+    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+
+
+def reduce_frames(per_frame, mask, lengths, weights, reduction):
+    """Reduce (B, T) per-frame losses (already 0 at padding and weighted)."""
+    if reduction == "none":
+        return per_frame
+    total = per_frame.sum()
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return total / max(per_frame.shape[0], 1)
+    # mean: weighted average over valid frames; an all-masked batch gives 0, never NaN.
+    if weights is None:
+        denom = mask.sum().to(per_frame.dtype)
+    else:
+        denom = torch.where(mask, weights.to(per_frame.dtype), 0.0).sum()
+    safe = torch.where(denom != 0, denom, torch.ones_like(denom))
+    return total / safe

@@ -1,0 +1,113 @@
+"""Pure-PyTorch reference of the fused KD ops.
+
+Same signatures and semantics as :func:`asrkd.ops.kd_kl_div` and
+:func:`asrkd.ops.kd_kl_div_topk`; used when the compiled extension is missing, for
+devices it has no kernel for, and as the ground truth in tests (called on fp64 inputs).
+It materialises several (B, T, V) intermediates, which is what the fused op avoids.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from asrkd.ops._validate import check_dense, check_topk, reduce_frames, valid_mask
+
+__all__ = ["kd_kl_div", "kd_kl_div_topk", "topk_to_dense_logprobs"]
+
+
+def _compute_dtype(student: torch.Tensor) -> torch.dtype:
+    return torch.float64 if student.dtype == torch.float64 else torch.float32
+
+
+def kd_kl_div(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """T² · KL(softmax(teacher/T) ‖ softmax(student/T)) per frame, reduced.
+
+    Args:
+        student: (B, T, V) float logits; the loss is differentiable w.r.t. them.
+        teacher: (B, T, V) float logits (any float dtype); treated as a constant.
+        lengths: (B,) int, valid frames per utterance; None means all frames are valid.
+        temperature: T > 0.
+        reduction: "mean" (Σ w·loss over valid frames / Σ w over valid frames; 0 when
+            that is 0), "sum", "batchmean" (sum / B) or "none" ((B, T), 0 at padding).
+        weights: optional (B, T) per-frame weights multiplying each frame's loss.
+
+    Returns:
+        A scalar, or (B, T) for ``reduction="none"``; float32 (float64 for fp64 students).
+    """
+    check_dense(student, teacher, lengths, weights, temperature, reduction)
+    per_frame, mask = _dense_per_frame(student, teacher, lengths, weights, temperature)
+    return reduce_frames(per_frame, mask, lengths, weights, reduction)
+
+
+def _dense_per_frame(student, teacher, lengths, weights, temperature):
+    B, T, _ = student.shape
+    dtype = _compute_dtype(student)
+    mask = valid_mask(lengths, B, T, student.device)
+    # Padded frames may hold anything (even NaN); zero them so nothing leaks into grads.
+    s = torch.where(mask[..., None], student.to(dtype), 0.0) / temperature
+    t = torch.where(mask[..., None], teacher.to(dtype), 0.0) / temperature
+    log_q = torch.log_softmax(s, dim=-1)
+    log_p = torch.log_softmax(t, dim=-1)
+    p = log_p.exp()
+    # 0 · log 0 = 0: teacher tokens with probability 0 (e.g. -inf logits) contribute nothing.
+    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros((), dtype=dtype, device=s.device))
+    per_frame = kl.sum(-1) * (temperature**2)
+    if weights is not None:
+        per_frame = per_frame * weights.to(dtype)
+    per_frame = torch.where(mask, per_frame, torch.zeros((), dtype=dtype, device=s.device))
+    return per_frame, mask
+
+
+def topk_to_dense_logprobs(topk_idx: torch.Tensor, topk_logprob: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Expand a top-k teacher to full log-probabilities (the semantics of the top-k op).
+
+    The teacher distribution at temperature 1 is taken to be the k stored log-probabilities
+    plus the missing tail mass ``1 - Σ exp(topk_logprob)`` spread evenly over the other
+    ``V - k`` tokens (the maximum-entropy completion). With k = V there is no tail and the
+    result equals the dense teacher. A tail mass ≤ 0 (rounding) gives the tail -inf.
+    """
+    k = topk_idx.shape[-1]
+    lp = topk_logprob.to(torch.float64 if topk_logprob.dtype == torch.float64 else torch.float32)
+    out_shape = (*topk_idx.shape[:-1], vocab_size)
+    if k == vocab_size:
+        tail = torch.full(topk_idx.shape[:-1], float("-inf"), dtype=lp.dtype, device=lp.device)
+    else:
+        mass = lp.exp().sum(-1)
+        rest = (1.0 - mass).clamp_min(0.0)
+        tail = torch.log(rest) - torch.log(torch.tensor(float(vocab_size - k), dtype=lp.dtype))
+    dense = tail[..., None].expand(out_shape).clone()
+    dense.scatter_(-1, topk_idx.long(), lp)
+    return dense
+
+
+def kd_kl_div_topk(
+    student: torch.Tensor,
+    topk_idx: torch.Tensor,
+    topk_logprob: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KD loss against a teacher stored as its top-k log-probabilities (see
+    :func:`topk_to_dense_logprobs` for how the tail mass is treated).
+
+    Args:
+        student: (B, T, V) float logits.
+        topk_idx: (B, T, K) int token ids, distinct within a frame, in [0, V).
+        topk_logprob: (B, T, K) float teacher log-probabilities at temperature 1.
+        lengths, temperature, reduction, weights: as in :func:`kd_kl_div`.
+    """
+    check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction)
+    dense = topk_to_dense_logprobs(topk_idx, topk_logprob, student.shape[-1])
+    per_frame, mask = _dense_per_frame(student, dense, lengths, weights, temperature)
+    return reduce_frames(per_frame, mask, lengths, weights, reduction)

@@ -91,7 +91,7 @@ def extensions():
 
     cap = _cpu_capability()
     sources = [str(p.relative_to(ROOT)) for p in [ROOT / "csrc/kd_kl.cpp", *sorted((ROOT / "csrc/cpu").glob("*.cpp"))]]
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden", f"-DASRKD_CPU_CAPABILITY_{cap}",
+    cxx = ["-O3", "-fvisibility=hidden", f"-DASRKD_CPU_CAPABILITY_{cap}",
            f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_CAP_FLAGS[cap],
            ]
     define_macros = []
@@ -117,7 +117,7 @@ def extensions():
                 break
         sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc/cuda").glob("*.cu"))]
         define_macros.append(("ASRKD_WITH_CUDA", None))
-        nvcc = ["-O3", "-std=c++17", "-lineinfo", "--expt-relaxed-constexpr"]
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         return [CUDAExtension("asrkd._C", sources, include_dirs=include_dirs, define_macros=define_macros,
                               extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
     return [CppExtension("asrkd._C", sources, include_dirs=include_dirs, define_macros=define_macros,
@@ -127,7 +127,28 @@ def extensions():
 def cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    base = BuildExtension.with_options(use_ninja=True)
+
+    class BuildWithInfo(base):
+        """Also writes _build_info.json beside the built module; asrkd.ops reads it before
+        loading _C (an extension built for SIMD instructions this CPU lacks must not load)."""
+
+        def run(self):
+            super().run()
+            import json
+
+            import torch
+
+            for ext in self.extensions:
+                out = Path(self.get_ext_fullpath(ext.name)).parent / "_build_info.json"
+                info = {
+                    "cpu_capability": _cpu_capability(),
+                    "cuda": "ASRKD_WITH_CUDA" in dict(ext.define_macros),
+                    "torch": torch.__version__,
+                }
+                out.write_text(json.dumps(info) + "\n")
+
+    return {"build_ext": BuildWithInfo}
 
 
 setup(ext_modules=extensions(), cmdclass=cmdclass())

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from asrkd.ops import reference
-from asrkd.ops._validate import check_dense, check_topk, reduce_frames, valid_mask
+from asrkd.ops._validate import check_dense, check_topk
 
 __all__ = ["kd_kl_div", "kd_kl_div_topk", "extension_available", "extension_info", "reference"]
 
@@ -135,11 +135,10 @@ def kd_kl_div(
     student, lengths, weights = _prepare(student, lengths, weights)
     if teacher.stride(-1) != 1:
         teacher = teacher.contiguous()
-    per_frame, _ = torch.ops.asrkd.kd_kl_div_fwd(
-        student, teacher, lengths, weights, float(temperature), _needs_grad(student)
+    loss, _ = torch.ops.asrkd.kd_kl_div_fwd(
+        student, teacher, lengths, weights, float(temperature), reduction, _needs_grad(student)
     )
-    B, T, _ = student.shape
-    return reduce_frames(per_frame, valid_mask(lengths, B, T, student.device), lengths, weights, reduction)
+    return loss
 
 
 def kd_kl_div_topk(
@@ -172,27 +171,31 @@ def kd_kl_div_topk(
             student, topk_idx, topk_logprob, lengths, temperature=temperature, reduction=reduction, weights=weights
         )
     student, lengths, weights = _prepare(student, lengths, weights)
-    per_frame, _ = torch.ops.asrkd.kd_kl_div_topk_fwd(
-        student, topk_idx.contiguous(), topk_logprob.contiguous(), lengths, weights, float(temperature),
+    loss, _ = torch.ops.asrkd.kd_kl_div_topk_fwd(
+        student, topk_idx.contiguous(), topk_logprob.contiguous(), lengths, weights, float(temperature), reduction,
         _needs_grad(student),
     )
-    B, T, _ = student.shape
-    return reduce_frames(per_frame, valid_mask(lengths, B, T, student.device), lengths, weights, reduction)
+    return loss
 
 
 # ---------------------------------------------------------------------------------------
 # Registration of the C++ ops with autograd and fake tensors (torch.compile).
-# Each forward returns (per-frame loss (B, T), unit gradient (B, T, V) in the student's
-# dtype, or an empty tensor when no gradient was asked for). The gradient output is a
-# by-product, not differentiable; backward scales it by the incoming per-frame gradient.
+#
+# Each forward returns (loss, grad): the reduced loss (or (B, T) for "none") and
+# d loss / d student (B, T, V), already multiplied by the reduction's factor, in the
+# student's dtype (an empty tensor when no gradient was asked for). The backward only
+# multiplies that gradient by the incoming one. In eager mode it does so in place, which
+# costs nothing when the incoming gradient is exactly 1 (``kd.backward()``, or a sum of
+# unscaled loss terms); the saved gradient is then handed to autograd, so a second
+# backward through the same graph (retain_graph=True) is refused with a clear error.
 
 
-def _fake_outputs(student, compute_grad):
+def _fake_outputs(student, reduction, compute_grad):
     B, T, V = student.shape
     acc = torch.float64 if student.dtype == torch.float64 else torch.float32
-    per_frame = student.new_empty((B, T), dtype=acc)
+    loss = student.new_empty((B, T) if reduction == "none" else (), dtype=acc)
     grad = student.new_empty((B, T, V) if compute_grad else (0,), dtype=student.dtype)
-    return per_frame, grad
+    return loss, grad
 
 
 def _setup_context(ctx, inputs, output):
@@ -200,35 +203,49 @@ def _setup_context(ctx, inputs, output):
     _, grad = output
     ctx.mark_non_differentiable(grad)
     ctx.compute_grad = inputs[-1]
+    ctx.n_inputs = len(inputs)
+    ctx.consumed = False
     ctx.save_for_backward(grad)
 
 
-def _backward_dense(ctx, grad_per_frame, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
-    if grad_per_frame is None:
-        return None, None, None, None, None, None
+def _backward(ctx, grad_loss, _grad_of_grad):
+    nones = [None] * (ctx.n_inputs - 1)
+    if grad_loss is None:
+        return None, *nones
     if not ctx.compute_grad:
         raise RuntimeError(
             "asrkd.ops: the KD loss was computed without a student gradient (grad mode off or the "
-            "student did not require grad at call time); call it again with autograd enabled"
+            "student did not require grad at call time); compute it again with autograd enabled"
         )
-    return grad * grad_per_frame.unsqueeze(-1).to(grad.dtype), None, None, None, None, None
-
-
-def _backward_topk(ctx, grad_per_frame, _grad_of_grad):
-    g = _backward_dense(ctx, grad_per_frame, _grad_of_grad)
-    return (g[0], None, None, None, None, None, None)
+    if ctx.consumed:
+        raise RuntimeError(
+            "asrkd.ops: backward through the same kd_kl_div call twice is not supported (its saved "
+            "gradient was handed to autograd by the first backward); recompute the loss instead of "
+            "using retain_graph=True"
+        )
+    (grad,) = ctx.saved_tensors
+    scale = grad_loss.unsqueeze(-1) if grad_loss.dim() == 2 else grad_loss
+    if torch.compiler.is_compiling() or torch.is_grad_enabled():
+        # Traced graphs and double-backward need a functional (out-of-place) result.
+        return grad * scale.to(grad.dtype), *nones
+    torch.ops.asrkd.kd_kl_scale_grad_(grad, grad_loss)
+    ctx.consumed = True
+    return grad, *nones
 
 
 if _C is not None:
 
     @torch.library.register_fake("asrkd::kd_kl_div_fwd")
-    def _(student, teacher, lengths, weights, temperature, compute_grad):
-        return _fake_outputs(student, compute_grad)
+    def _(student, teacher, lengths, weights, temperature, reduction, compute_grad):
+        return _fake_outputs(student, reduction, compute_grad)
 
     @torch.library.register_fake("asrkd::kd_kl_div_topk_fwd")
-    def _(student, topk_idx, topk_logprob, lengths, weights, temperature, compute_grad):
-        return _fake_outputs(student, compute_grad)
+    def _(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction, compute_grad):
+        return _fake_outputs(student, reduction, compute_grad)
 
-    torch.library.register_autograd("asrkd::kd_kl_div_fwd", _backward_dense, setup_context=_setup_context)
-    torch.library.register_autograd("asrkd::kd_kl_div_topk_fwd", _backward_topk, setup_context=_setup_context)
+    @torch.library.register_fake("asrkd::kd_kl_scale_grad_")
+    def _(grad, scale):
+        return None
+
+    torch.library.register_autograd("asrkd::kd_kl_div_fwd", _backward, setup_context=_setup_context)
+    torch.library.register_autograd("asrkd::kd_kl_div_topk_fwd", _backward, setup_context=_setup_context)

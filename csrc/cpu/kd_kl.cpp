@@ -1,0 +1,384 @@
+// CPU kernels of the fused KD ops: at::parallel_for over frames, at::vec::Vectorized
+// within a frame. Each frame is processed in three sweeps over a small per-thread buffer
+// that stays in L1/L2: (1) load + convert + scale by 1/T + row max, (2) centred exps and
+// the sums, (3) the gradient. Student and teacher are read from memory once and the
+// gradient written once; accumulation is fp32 (fp64 when an input is fp64).
+#include "kd_kl.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace asrkd {
+namespace cpu {
+namespace {
+
+using at::vec::Vectorized;
+
+template <typename T>
+constexpr bool is_reduced_float_v = std::is_same_v<T, at::BFloat16> || std::is_same_v<T, at::Half>;
+
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+template <typename acc_t>
+inline acc_t nan_max(acc_t m, acc_t x) {
+  return (x > m || std::isnan(x)) ? x : m;
+}
+
+template <typename acc_t>
+acc_t vec_max_all(const Vectorized<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>(
+      [](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return at::vec::maximum(a, b); }, v);
+}
+
+template <typename acc_t>
+acc_t vec_sum_all(const Vectorized<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>([](Vectorized<acc_t>& a, Vectorized<acc_t>& b) { return a + b; }, v);
+}
+
+// dst[i] = src[i] / T for i < n, -inf up to n_pad (so later sweeps need no tail code).
+// Returns the row max (NaN if any element is NaN).
+template <typename acc_t, typename src_t>
+acc_t load_scaled(const src_t* src, acc_t* dst, int64_t n, int64_t n_pad, acc_t inv_t) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  Vec vmax(ninf);
+  const Vec vs(inv_t);
+  int64_t i = 0;
+  if constexpr (std::is_same_v<acc_t, src_t>) {
+    for (; i + W <= n; i += W) {
+      Vec x = Vec::loadu(src + i) * vs;
+      x.store(dst + i);
+      vmax = at::vec::maximum(vmax, x);
+    }
+  } else if constexpr (std::is_same_v<acc_t, float> && is_reduced_float_v<src_t>) {
+    using BVec = Vectorized<src_t>;
+    static_assert(BVec::size() == 2 * W, "reduced-float vector must hold two float vectors");
+    for (; i + 2 * W <= n; i += 2 * W) {
+      auto [x0, x1] = at::vec::convert_to_float<src_t>(BVec::loadu(src + i));
+      x0 = x0 * vs;
+      x1 = x1 * vs;
+      x0.store(dst + i);
+      x1.store(dst + i + W);
+      vmax = at::vec::maximum(vmax, at::vec::maximum(x0, x1));
+    }
+  }
+  acc_t m = vec_max_all(vmax);
+  for (; i < n; ++i) {
+    const acc_t x = static_cast<acc_t>(src[i]) * inv_t;
+    dst[i] = x;
+    m = nan_max(m, x);
+  }
+  for (; i < n_pad; ++i) dst[i] = ninf;
+  return m;
+}
+
+// out[i] = a[i] * ca - b[i] * cb  (b == nullptr: out[i] = a[i] * ca - cb), converted to dst_t.
+template <typename acc_t, typename dst_t>
+void store_diff(const acc_t* a, acc_t ca, const acc_t* b, acc_t cb, dst_t* out, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const Vec vca(ca), vcb(cb);
+  auto at_i = [&](int64_t i) { return b ? Vec::loadu(a + i) * vca - Vec::loadu(b + i) * vcb : Vec::loadu(a + i) * vca - vcb; };
+  int64_t i = 0;
+  if constexpr (std::is_same_v<acc_t, dst_t>) {
+    for (; i + W <= n; i += W) at_i(i).store(out + i);
+  } else if constexpr (std::is_same_v<acc_t, float> && is_reduced_float_v<dst_t>) {
+    for (; i + 2 * W <= n; i += 2 * W) {
+      at::vec::convert_from_float<dst_t>(at_i(i), at_i(i + W)).store(out + i);
+    }
+  }
+  for (; i < n; ++i) out[i] = static_cast<dst_t>(a[i] * ca - (b ? b[i] * cb : cb));
+}
+
+template <typename dst_t>
+void fill_row(dst_t* out, int64_t n, dst_t value) {
+  std::fill(out, out + n, value);
+}
+
+template <typename T>
+using acc_of = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+// Frame validity and weight: (valid, w). Padded or zero-weight frames are skipped.
+struct FrameInfo {
+  bool skip;
+  double w;
+};
+
+inline FrameInfo frame_info(int64_t b, int64_t t, int64_t T, const int64_t* len, const float* w) {
+  if (len && t >= len[b]) return {true, 0.0};
+  const double wt = w ? static_cast<double>(w[b * T + t]) : 1.0;
+  return {wt == 0.0, wt};
+}
+
+inline int64_t grain_rows(int64_t V) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(V, 1)); }
+
+template <typename scalar_t, typename teacher_t>
+void dense_kernel(const at::Tensor& student, const at::Tensor& teacher, const int64_t* len, const float* wts,
+                  double grad_scale, const KdKlArgs& a, at::Tensor& loss, at::Tensor& grad) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double> || std::is_same_v<teacher_t, double>, double, float>;
+  using loss_t = acc_of<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const int64_t B = a.B, T = a.T, V = a.V, Vpad = round_up(V, W);
+  const scalar_t* s_ptr = student.const_data_ptr<scalar_t>();
+  const teacher_t* t_ptr = teacher.const_data_ptr<teacher_t>();
+  const int64_t s_sb = student.stride(0), s_st = student.stride(1);
+  const int64_t t_sb = teacher.stride(0), t_st = teacher.stride(1);
+  loss_t* l_ptr = loss.mutable_data_ptr<loss_t>();
+  scalar_t* g_ptr = a.compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+  const acc_t temp = static_cast<acc_t>(a.temperature), inv_t = acc_t(1) / temp;
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+
+  at::parallel_for(0, B * T, grain_rows(V), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(2 * Vpad);
+    acc_t* bs = buf.data();
+    acc_t* bt = buf.data() + Vpad;
+    const Vec zero(0);
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / T, t = r % T;
+      scalar_t* g_row = g_ptr ? g_ptr + r * V : nullptr;
+      const FrameInfo fi = frame_info(b, t, T, len, wts);
+      if (fi.skip) {
+        l_ptr[r] = 0;
+        if (g_row) fill_row(g_row, V, scalar_t(0));
+        continue;
+      }
+      const acc_t w = static_cast<acc_t>(fi.w);
+      const acc_t ms = load_scaled(s_ptr + b * s_sb + t * s_st, bs, V, Vpad, inv_t);
+      const acc_t mt = load_scaled(t_ptr + b * t_sb + t * t_st, bt, V, Vpad, inv_t);
+      if (!std::isfinite(ms) || !std::isfinite(mt)) {
+        // NaN/+inf anywhere, or a row of only -inf: the distribution is undefined; say so.
+        l_ptr[r] = static_cast<loss_t>(nan);
+        if (g_row) fill_row(g_row, V, static_cast<scalar_t>(nan));
+        continue;
+      }
+      // Centred logits keep large common offsets (e.g. ±1e4) from cancelling badly.
+      const Vec vms(ms), vmt(mt);
+      Vec sum_s(0), sum_t(0), cross(0);
+      for (int64_t i = 0; i < Vpad; i += W) {
+        const Vec xs = Vec::loadu(bs + i) - vms;
+        const Vec xt = Vec::loadu(bt + i) - vmt;
+        const Vec es = xs.exp_u20();
+        const Vec et = xt.exp_u20();
+        sum_s += es;
+        sum_t += et;
+        // Σ e_t (x_t - x_s) over tokens the teacher gives mass: 0·log 0 = 0 (teacher -inf).
+        cross += Vec::blendv(zero, et * (xt - xs), et > zero);
+        es.store(bs + i);
+        et.store(bt + i);
+      }
+      const acc_t zs = vec_sum_all(sum_s), zt = vec_sum_all(sum_t);
+      const acc_t kl = vec_sum_all(cross) / zt - std::log(zt) + std::log(zs);
+      l_ptr[r] = static_cast<loss_t>(w * temp * temp * kl);
+      if (g_row) {
+        const acc_t c = static_cast<acc_t>(fi.w * a.temperature * grad_scale);
+        store_diff<acc_t, scalar_t>(bs, c / zs, bt, c / zt, g_row, V);
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at::Tensor& topk_lp, const int64_t* len,
+                 const float* wts, double grad_scale, const KdKlArgs& a, at::Tensor& loss, at::Tensor& grad) {
+  using acc_t = acc_of<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t W = Vec::size();
+  const int64_t B = a.B, T = a.T, V = a.V, K = topk_idx.size(2), Vpad = round_up(V, W);
+  const int64_t n_tail = V - K;
+  const scalar_t* s_ptr = student.const_data_ptr<scalar_t>();
+  const int64_t s_sb = student.stride(0), s_st = student.stride(1);
+  const int64_t* idx_ptr = topk_idx.const_data_ptr<int64_t>();
+  const acc_t* lp_ptr = topk_lp.const_data_ptr<acc_t>();
+  acc_t* l_ptr = loss.mutable_data_ptr<acc_t>();
+  scalar_t* g_ptr = a.compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
+  const double temp = a.temperature, inv_t = 1.0 / temp;
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  const double ninf = -std::numeric_limits<double>::infinity();
+
+  at::parallel_for(0, B * T, grain_rows(V), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> buf(Vpad);
+    std::vector<double> y(K);
+    acc_t* bs = buf.data();
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = r / T, t = r % T;
+      scalar_t* g_row = g_ptr ? g_ptr + r * V : nullptr;
+      const FrameInfo fi = frame_info(b, t, T, len, wts);
+      if (fi.skip) {
+        l_ptr[r] = 0;
+        if (g_row) fill_row(g_row, V, scalar_t(0));
+        continue;
+      }
+      const scalar_t* s_row = s_ptr + b * s_sb + t * s_st;
+      const int64_t* idx = idx_ptr + r * K;
+      const acc_t* lp = lp_ptr + r * K;
+      const acc_t ms = load_scaled(s_row, bs, V, Vpad, static_cast<acc_t>(inv_t));
+
+      // Teacher: K tempered log-probs plus the tail mass spread evenly over V - K tokens.
+      double mass = 0, mt = ninf;
+      bool bad = !std::isfinite(ms);
+      for (int64_t k = 0; k < K; ++k) {
+        bad |= std::isnan(lp[k]);
+        mass += std::exp(static_cast<double>(lp[k]));
+        y[k] = static_cast<double>(lp[k]) * inv_t;
+        mt = std::max(mt, y[k]);
+      }
+      const double rest = std::max(1.0 - mass, 0.0);
+      const double y_tail = (n_tail > 0 && rest > 0) ? (std::log(rest) - std::log(double(n_tail))) * inv_t : ninf;
+      mt = std::max(mt, y_tail);
+      if (bad || !std::isfinite(mt)) {
+        l_ptr[r] = nan;
+        if (g_row) fill_row(g_row, V, static_cast<scalar_t>(nan));
+        continue;
+      }
+      double zt = n_tail > 0 ? double(n_tail) * std::exp(y_tail - mt) : 0.0;
+      for (int64_t k = 0; k < K; ++k) zt += std::exp(y[k] - mt);
+      const double log_zt = std::log(zt);
+
+      // Student: exps, their sum, and Σ of centred logits over the V real tokens.
+      const Vec vms(ms);
+      Vec sum_s(0), sum_x(0);
+      for (int64_t i = 0; i < Vpad; i += W) {
+        const Vec xs = Vec::loadu(bs + i) - vms;
+        const Vec es = xs.exp_u20();
+        sum_s += es;
+        sum_x += (i + W <= V) ? xs : Vec::set(Vec(0), xs, V - i);
+        es.store(bs + i);
+      }
+      const double zs = vec_sum_all(sum_s), log_zs = std::log(zs);
+      // Σ_j log q_j over all tokens, then the top-k terms and the tail remainder.
+      const double sum_log_q = static_cast<double>(vec_sum_all(sum_x)) - double(V) * log_zs;
+      const double log_p_tail = y_tail - mt - log_zt;
+      const double p_tail = std::exp(log_p_tail);
+      double kl = 0, sum_log_q_topk = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double log_q = (static_cast<double>(s_row[idx[k]]) * inv_t - ms) - log_zs;
+        sum_log_q_topk += log_q;
+        const double log_p = y[k] - mt - log_zt;
+        if (log_p > ninf) kl += std::exp(log_p) * (log_p - log_q);
+      }
+      if (p_tail > 0) kl += p_tail * (double(n_tail) * log_p_tail - (sum_log_q - sum_log_q_topk));
+      const double w = fi.w;
+      l_ptr[r] = static_cast<acc_t>(w * temp * temp * kl);
+      if (g_row) {
+        const double c = w * temp * grad_scale;
+        store_diff<acc_t, scalar_t>(bs, static_cast<acc_t>(c / zs), nullptr, static_cast<acc_t>(c * p_tail), g_row, V);
+        for (int64_t k = 0; k < K; ++k) {
+          const double q = static_cast<double>(bs[idx[k]]) / zs;
+          g_row[idx[k]] = static_cast<scalar_t>(c * (q - std::exp(y[k] - mt - log_zt)));
+        }
+      }
+    }
+  });
+}
+
+const int64_t* lengths_ptr(const std::optional<at::Tensor>& lengths, at::Tensor& holder) {
+  if (!lengths.has_value()) return nullptr;
+  holder = lengths->contiguous();
+  return holder.const_data_ptr<int64_t>();
+}
+
+const float* weights_ptr(const std::optional<at::Tensor>& weights) {
+  return weights.has_value() ? weights->const_data_ptr<float>() : nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor> kd_kl_div_fwd_cpu(const at::Tensor& student, const at::Tensor& teacher,
+                                                     const std::optional<at::Tensor>& lengths,
+                                                     const std::optional<at::Tensor>& weights, double temperature,
+                                                     c10::string_view reduction, bool compute_grad) {
+  const KdKlArgs a = check_dense_args(student, teacher, lengths, weights, temperature, reduction, compute_grad);
+  auto [loss, grad] = allocate_outputs(student, a);
+  const at::Tensor scale = reduction_scale(a, student, lengths, weights);
+  if (a.B * a.T == 0) return {reduce_loss(a, loss, scale), grad};
+  const double grad_scale = scale.item<double>();  // a CPU scalar: no device sync
+  at::Tensor len_holder;
+  const int64_t* len = lengths_ptr(lengths, len_holder);
+  const float* w = weights_ptr(weights);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_kl_div_cpu_student", [&] {
+    using student_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, teacher.scalar_type(), "kd_kl_div_cpu_teacher", [&] {
+      dense_kernel<student_t, scalar_t>(student, teacher, len, w, grad_scale, a, loss, grad);
+    });
+  });
+  return {reduce_loss(a, loss, scale), grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> kd_kl_div_topk_fwd_cpu(const at::Tensor& student, const at::Tensor& topk_idx,
+                                                          const at::Tensor& topk_logprob,
+                                                          const std::optional<at::Tensor>& lengths,
+                                                          const std::optional<at::Tensor>& weights,
+                                                          double temperature, c10::string_view reduction,
+                                                          bool compute_grad) {
+  const KdKlArgs a =
+      check_topk_args(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction, compute_grad);
+  auto [loss, grad] = allocate_outputs(student, a);
+  const at::Tensor scale = reduction_scale(a, student, lengths, weights);
+  if (a.B * a.T == 0) return {reduce_loss(a, loss, scale), grad};
+  const double grad_scale = scale.item<double>();
+  at::Tensor len_holder;
+  const int64_t* len = lengths_ptr(lengths, len_holder);
+  const float* w = weights_ptr(weights);
+  // The K-sized teacher tensors are tiny next to (B, T, V): normalise their dtypes here.
+  const auto lp_dtype = student.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor idx = topk_idx.to(at::kLong).contiguous();
+  const at::Tensor lp = topk_logprob.to(lp_dtype).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, student.scalar_type(), "kd_kl_div_topk_cpu", [&] {
+    topk_kernel<scalar_t>(student, idx, lp, len, w, grad_scale, a, loss, grad);
+  });
+  return {reduce_loss(a, loss, scale), grad};
+}
+
+// grad *= scale, in place. The forward already applied the reduction's factor, so the
+// common case (loss.backward() on the KD loss itself) has scale == 1 and costs nothing.
+void kd_kl_scale_grad_cpu(at::Tensor& grad, const at::Tensor& scale) {
+  if (grad.numel() == 0) return;
+  TORCH_CHECK(grad.dim() == 3 && grad.is_contiguous(), "asrkd: grad must be a contiguous (B, T, V) tensor");
+  const int64_t rows = grad.size(0) * grad.size(1), V = grad.size(2);
+  if (scale.dim() == 0) {
+    const double s = scale.item<double>();
+    if (s == 1.0) return;
+    grad.mul_(s);
+    return;
+  }
+  TORCH_CHECK(scale.numel() == rows, "asrkd: scale must be a scalar or (B, T), got ", scale.sizes());
+  const at::Tensor sc = scale.to(at::kDouble).contiguous();
+  const double* sp = sc.const_data_ptr<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "kd_kl_scale_grad_cpu", [&] {
+    scalar_t* g = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain_rows(V), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        using acc_t = acc_of<scalar_t>;
+        using Vec = Vectorized<scalar_t>;
+        scalar_t* row = g + r * V;
+        const acc_t f = static_cast<acc_t>(sp[r]);
+        if (f == acc_t(1)) continue;
+        int64_t i = 0;
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          const Vec vf(f);
+          for (; i + Vec::size() <= V; i += Vec::size()) (Vec::loadu(row + i) * vf).store(row + i);
+        }
+        for (; i < V; ++i) row[i] = static_cast<scalar_t>(static_cast<acc_t>(row[i]) * f);
+      }
+    });
+  });
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace asrkd
+
+TORCH_LIBRARY_IMPL(asrkd, CPU, m) {
+  m.impl("kd_kl_div_fwd", &asrkd::cpu::kd_kl_div_fwd_cpu);
+  m.impl("kd_kl_div_topk_fwd", &asrkd::cpu::kd_kl_div_topk_fwd_cpu);
+  m.impl("kd_kl_scale_grad_", &asrkd::cpu::kd_kl_scale_grad_cpu);
+}

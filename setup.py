@@ -151,4 +151,9 @@ def cmdclass():
     return {"build_ext": BuildWithInfo}
 
 
-setup(ext_modules=extensions(), cmdclass=cmdclass())
+# ASRKD_SKIP_EXT=1: install the Python package only (scripts/setup.sh then builds the
+# extension in place, so that later C++ edits rebuild without reinstalling).
+if os.environ.get("ASRKD_SKIP_EXT") == "1":
+    setup()
+else:
+    setup(ext_modules=extensions(), cmdclass=cmdclass())

@@ -186,8 +186,9 @@ def kd_kl_div_topk(
 # student's dtype (an empty tensor when no gradient was asked for). The backward only
 # multiplies that gradient by the incoming one. In eager mode it does so in place, which
 # costs nothing when the incoming gradient is exactly 1 (``kd.backward()``, or a sum of
-# unscaled loss terms); the saved gradient is then handed to autograd, so a second
-# backward through the same graph (retain_graph=True) is refused with a clear error.
+# unscaled loss terms), and hands the buffer to autograd. A second backward through the
+# same graph (retain_graph=True, gradcheck) recomputes the gradient from the saved
+# inputs, so it is correct, just not free.
 
 
 def _fake_outputs(student, reduction, compute_grad):
@@ -202,35 +203,49 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     _, grad = output
     ctx.mark_non_differentiable(grad)
-    ctx.compute_grad = inputs[-1]
+    # inputs: (student, <teacher tensors>..., lengths, weights, temperature, reduction, compute_grad)
     ctx.n_inputs = len(inputs)
+    ctx.scalars = inputs[-3:]
     ctx.consumed = False
-    ctx.save_for_backward(grad)
+    ctx.save_for_backward(grad, *inputs[:-3])
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """True while torch.compile / AOTAutograd / make_fx trace: no in-place tricks there."""
+    if torch.compiler.is_compiling() or type(t) is not torch.Tensor:  # Fake/Functional tensors
+        return True
+    keys = torch._C._TorchDispatchModeKey
+    return any(torch._C._get_dispatch_mode(k) is not None for k in (keys.PROXY, keys.FAKE, keys.FUNCTIONAL))
 
 
 def _backward(ctx, grad_loss, _grad_of_grad):
     nones = [None] * (ctx.n_inputs - 1)
     if grad_loss is None:
         return None, *nones
-    if not ctx.compute_grad:
+    temperature, reduction, compute_grad = ctx.scalars
+    if not compute_grad:
         raise RuntimeError(
             "asrkd.ops: the KD loss was computed without a student gradient (grad mode off or the "
             "student did not require grad at call time); compute it again with autograd enabled"
         )
-    if ctx.consumed:
-        raise RuntimeError(
-            "asrkd.ops: backward through the same kd_kl_div call twice is not supported (its saved "
-            "gradient was handed to autograd by the first backward); recompute the loss instead of "
-            "using retain_graph=True"
-        )
-    (grad,) = ctx.saved_tensors
-    scale = grad_loss.unsqueeze(-1) if grad_loss.dim() == 2 else grad_loss
-    if torch.compiler.is_compiling() or torch.is_grad_enabled():
-        # Traced graphs and double-backward need a functional (out-of-place) result.
+    grad, *inputs = ctx.saved_tensors
+    traced = _traced(grad)
+    if torch.is_grad_enabled() and not traced:
+        raise RuntimeError("asrkd.ops: double backward (create_graph=True) through kd_kl_div is not supported")
+    if ctx.consumed:  # a second backward through the same graph: recompute the gradient
+        op = torch.ops.asrkd.kd_kl_div_fwd if len(inputs) == 4 else torch.ops.asrkd.kd_kl_div_topk_fwd
+        with torch.no_grad():
+            _, grad = op(*inputs, temperature, reduction, True)
+    if traced or ctx.consumed:
+        scale = grad_loss.unsqueeze(-1) if grad_loss.dim() == 2 else grad_loss
         return grad * scale.to(grad.dtype), *nones
-    torch.ops.asrkd.kd_kl_scale_grad_(grad, grad_loss)
+    # Eager: scale the forward's buffer in place (free when grad_loss is exactly 1) and hand
+    # it over. `.data` gives an alias with its own version counter, so neither this write
+    # nor autograd accumulating into the handed-over tensor invalidates the saved inputs.
+    buffer = grad.data
+    torch.ops.asrkd.kd_kl_scale_grad_(buffer, grad_loss)
     ctx.consumed = True
-    return grad, *nones
+    return buffer, *nones
 
 
 if _C is not None:

@@ -1,0 +1,463 @@
+"""The fused KD ops against the fp64 PyTorch reference, on CPU and (when present) CUDA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import asrkd.ops as ops
+from asrkd.ops import reference as ref
+
+REDUCTIONS = ("mean", "sum", "batchmean", "none")
+VOCABS = (1, 29, 32, 33, 500, 1023, 5000)
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.cuda,
+                                pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_extension_is_loaded():
+    # The set-up builds the extension; the reference fallback must not hide a broken build.
+    assert ops.extension_available(), ops.extension_info()
+
+
+def _inputs(B, T, V, dtype=torch.float32, tdtype=None, device="cpu", scale=3.0):
+    s = (torch.randn(B, T, V, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+    t = (torch.randn(B, T, V, dtype=torch.float64) * scale).to(device=device, dtype=tdtype or dtype)
+    return s, t
+
+
+def _lengths(B, T, device="cpu"):
+    lens = torch.randint(0, T + 1, (B,))
+    lens[0] = T
+    return lens.to(device)
+
+
+def _fused_and_grad(fn, s, *args, **kw):
+    s = s.detach().clone().requires_grad_()
+    loss = fn(s, *args, **kw)
+    (loss.sum() if loss.dim() else loss).backward()
+    return loss.detach(), s.grad
+
+
+def _ref_and_grad(s, t, *args, **kw):
+    s64 = s.detach().double().requires_grad_()
+    loss = ref.kd_kl_div(s64, t.double(), *args, **kw)
+    (loss.sum() if loss.dim() else loss).backward()
+    return loss.detach(), s64.grad
+
+
+def _close(a, b, rtol, atol, what):
+    a, b = a.double().cpu(), b.double().cpu()
+    assert torch.isfinite(a).all() == torch.isfinite(b).all(), what
+    torch.testing.assert_close(a, b, rtol=rtol, atol=atol, msg=lambda m: f"{what}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", VOCABS)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_dense_matches_fp64_reference(device, V, reduction):
+    B, T = 3, 11
+    s, t = _inputs(B, T, V, device=device)
+    lens = _lengths(B, T, device)
+    w = torch.rand(B, T, device=device)
+    for temperature in (0.5, 1.0, 2.0, 10.0):
+        kw = dict(temperature=temperature, reduction=reduction, weights=w)
+        loss, grad = _fused_and_grad(ops.kd_kl_div, s, t, lens, **kw)
+        rloss, rgrad = _ref_and_grad(s, t, lens, **kw)
+        assert loss.dtype == torch.float32
+        _close(loss, rloss, 1e-4, 1e-5, f"loss V={V} T={temperature}")
+        _close(grad, rgrad, 1e-4, 1e-6, f"grad V={V} T={temperature}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", (29, 500))
+def test_fp64_is_exact(device, V):
+    s, t = _inputs(2, 5, V, dtype=torch.float64, device=device)
+    loss, grad = _fused_and_grad(ops.kd_kl_div, s, t, temperature=1.7)
+    rloss, rgrad = _ref_and_grad(s, t, temperature=1.7)
+    assert loss.dtype == torch.float64
+    _close(loss, rloss, 1e-12, 1e-12, "loss")
+    _close(grad, rgrad, 1e-12, 1e-14, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("V", (29, 33, 1023, 5000))
+def test_reduced_precision(device, dtype, V):
+    B, T = 2, 9
+    s, t = _inputs(B, T, V, dtype=dtype, device=device)
+    lens = _lengths(B, T, device)
+    loss, grad = _fused_and_grad(ops.kd_kl_div, s, t, lens, temperature=2.0)
+    # The reference sees the same rounded inputs: what is left is accumulation error.
+    rloss, rgrad = _ref_and_grad(s, t, lens, temperature=2.0)
+    assert grad.dtype == dtype and loss.dtype == torch.float32
+    _close(loss, rloss, 1e-4, 1e-4, "loss")
+    eps = torch.finfo(dtype).eps
+    _close(grad, rgrad, 2 * eps, 2 * eps * float(rgrad.abs().max()), "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "sdtype,tdtype",
+    [(torch.float32, torch.float16), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
+     (torch.float16, torch.bfloat16), (torch.float64, torch.float32), (torch.float32, torch.float64)],
+)
+def test_teacher_dtype_may_differ(device, sdtype, tdtype):
+    s, t = _inputs(2, 6, 40, dtype=sdtype, tdtype=tdtype, device=device)
+    loss, grad = _fused_and_grad(ops.kd_kl_div, s, t)
+    rloss, rgrad = _ref_and_grad(s, t)
+    tol = 1e-3 if torch.float16 in (sdtype,) or torch.bfloat16 in (sdtype,) else 1e-4
+    _close(loss, rloss, tol, tol, "loss")
+    assert grad.dtype == sdtype
+    _close(grad, rgrad, 2e-2, 2e-3, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_all_masked_gives_zero_not_nan(device, reduction):
+    s, t = _inputs(3, 4, 29, device=device)
+    s[...] = float("nan")  # padded frames are never read
+    lens = torch.zeros(3, dtype=torch.long, device=device)
+    loss, grad = _fused_and_grad(ops.kd_kl_div, s, t, lens, reduction=reduction)
+    assert torch.equal(loss, torch.zeros_like(loss))
+    assert torch.equal(grad, torch.zeros_like(grad))
+    # Zero weights on every valid frame behave the same.
+    s2, _ = _inputs(3, 4, 29, device=device)
+    loss, grad = _fused_and_grad(ops.kd_kl_div, s2, t, weights=torch.zeros(3, 4, device=device), reduction=reduction)
+    assert torch.equal(loss, torch.zeros_like(loss)) and torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padding_contributes_nothing(device):
+    B, T, V = 2, 8, 33
+    s, t = _inputs(B, T, V, device=device)
+    lens = torch.tensor([8, 3], device=device)
+    loss, grad = _fused_and_grad(ops.kd_kl_div, s, t, lens, reduction="none")
+    garbage = s.clone()
+    garbage[1, 3:] = float("inf")
+    loss2, grad2 = _fused_and_grad(ops.kd_kl_div, garbage, t, lens, reduction="none")
+    assert torch.equal(loss, loss2) and torch.equal(grad, grad2)
+    assert torch.all(loss[1, 3:] == 0) and torch.all(grad[1, 3:] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mean_is_weighted_average_over_valid_frames(device):
+    B, T, V = 2, 5, 29
+    s, t = _inputs(B, T, V, device=device)
+    lens = torch.tensor([5, 2], device=device)
+    w = torch.rand(B, T, device=device)
+    per = ops.kd_kl_div(s, t, lens, weights=w, reduction="none")
+    mean = ops.kd_kl_div(s, t, lens, weights=w, reduction="mean")
+    mask = torch.arange(T, device=device)[None] < lens[:, None]
+    torch.testing.assert_close(mean, per.sum() / (w * mask).sum())
+    torch.testing.assert_close(ops.kd_kl_div(s, t, lens, reduction="batchmean"),
+                               ops.kd_kl_div(s, t, lens, reduction="sum") / B)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_time_major_view_is_not_copied(device):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    T, B, V = 7, 3, 500
+    s_tm, t_tm = _inputs(T, B, V, device=device)
+    s, t = s_tm.transpose(0, 1), t_tm.transpose(0, 1)  # (B, T, V) views, not contiguous
+    assert not s.is_contiguous()
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Record() as rec:
+        loss = ops.kd_kl_div(s, t, temperature=2.0)
+    assert not [o for o in rec.ops if "copy" in o or "clone" in o or "contiguous" in o], rec.ops
+    _close(loss, ref.kd_kl_div(s.double(), t.double(), temperature=2.0), 1e-5, 1e-6, "loss")
+    _, grad = _fused_and_grad(ops.kd_kl_div, s, t)
+    _, rgrad = _ref_and_grad(s, t)
+    _close(grad, rgrad, 1e-4, 1e-6, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", (29, 1023))
+def test_teacher_neg_inf_entries(device, V):
+    s, t = _inputs(2, 6, V, device=device)
+    t[:, :, ::3] = float("-inf")
+    loss, grad = _fused_and_grad(ops.kd_kl_div, s, t, temperature=2.0)
+    rloss, rgrad = _ref_and_grad(s, t, temperature=2.0)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    _close(loss, rloss, 1e-4, 1e-5, "loss")
+    _close(grad, rgrad, 1e-4, 1e-6, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", (29, 500))
+def test_huge_logits(device, V):
+    s = (torch.randint(-1, 2, (2, 5, V)) * 1e4).float().to(device)
+    t = (torch.randint(-1, 2, (2, 5, V)) * 1e4).float().to(device)
+    s += torch.randn_like(s)
+    for temperature in (0.5, 4.0):
+        loss, grad = _fused_and_grad(ops.kd_kl_div, s, t, temperature=temperature, reduction="none")
+        rloss, rgrad = _ref_and_grad(s, t, temperature=temperature, reduction="none")
+        assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+        _close(loss, rloss, 1e-4, 1e-2 * temperature**2, "loss")
+        _close(grad, rgrad, 1e-4, 1e-5, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_logits_propagate(device):
+    s, t = _inputs(2, 4, 29, device=device)
+    s[1, 2, 5] = float("nan")
+    per = ops.kd_kl_div(s, t, reduction="none")
+    assert torch.isnan(per[1, 2]) and torch.isfinite(per[0]).all()
+    assert torch.isnan(ops.kd_kl_div(s, t))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", (29, 1023))
+def test_invariants(device, V):
+    s, t = _inputs(4, 6, V, device=device)
+    lens = _lengths(4, 6, device)
+    # Each gradient row sums to zero (softmax is shift-invariant).
+    _, grad = _fused_and_grad(ops.kd_kl_div, s, t, lens, temperature=3.0, reduction="sum")
+    assert grad.double().sum(-1).abs().max() < 1e-6
+    # Adding a constant per row to either side changes nothing.
+    c_s = torch.randn(4, 6, 1, device=device) * 50
+    c_t = torch.randn(4, 6, 1, device=device) * 50
+    a = ops.kd_kl_div(s, t, lens, reduction="none")
+    b = ops.kd_kl_div(s + c_s, t + c_t, lens, reduction="none")
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # Student equal to the teacher: zero loss and zero gradient.
+    loss, grad = _fused_and_grad(ops.kd_kl_div, t, t, lens, temperature=2.0)
+    assert abs(float(loss)) < 1e-5 and grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_scaling_and_retain_graph(device):
+    """The backward's in-place fast path: scaled incoming gradients, and a second backward."""
+    s, t = _inputs(2, 5, 33, device=device)
+    _, rgrad = _ref_and_grad(s, t, temperature=2.0)
+    x = s.clone().requires_grad_()
+    loss = ops.kd_kl_div(x, t, temperature=2.0)
+    (3.0 * loss).backward(retain_graph=True)
+    _close(x.grad, 3.0 * rgrad, 1e-4, 1e-6, "scaled")
+    loss.backward()  # recomputed from the saved inputs; accumulates
+    _close(x.grad, 4.0 * rgrad, 1e-4, 1e-6, "second backward")
+    # reduction="none" with a per-frame incoming gradient
+    x = s.clone().requires_grad_()
+    g_out = torch.rand(2, 5, device=device)
+    (ops.kd_kl_div(x, t, reduction="none") * g_out).sum().backward()
+    s64 = s.double().requires_grad_()
+    (ref.kd_kl_div(s64, t.double(), reduction="none") * g_out.double()).sum().backward()
+    _close(x.grad, s64.grad, 1e-4, 1e-6, "none")
+
+
+def test_gradcheck_fp64():
+    s, t = _inputs(2, 4, 7, dtype=torch.float64)
+    lens = torch.tensor([4, 2])
+    w = torch.rand(2, 4, dtype=torch.float64)
+    for reduction in REDUCTIONS:
+        f = lambda x: ops.kd_kl_div(x, t, lens, temperature=1.5, reduction=reduction, weights=w)  # noqa: E731
+        assert torch.autograd.gradcheck(f, (s.clone().requires_grad_(),))
+        idx = torch.stack([torch.randperm(7)[:3] for _ in range(8)]).view(2, 4, 3)
+        lp = torch.log_softmax(torch.randn(2, 4, 7, dtype=torch.float64), -1).gather(-1, idx)
+        g = lambda x: ops.kd_kl_div_topk(x, idx, lp, lens, temperature=0.7, reduction=reduction)  # noqa: E731
+        assert torch.autograd.gradcheck(g, (s.clone().requires_grad_(),))
+
+
+def test_opcheck():
+    s, t = _inputs(2, 5, 29)
+    lens = torch.tensor([5, 3])
+    w = torch.rand(2, 5)
+    idx = torch.topk(t, 4, dim=-1).indices
+    lp = torch.log_softmax(t, -1).gather(-1, idx)
+    for reduction in REDUCTIONS:
+        sg = s.clone().requires_grad_()
+        torch.library.opcheck(torch.ops.asrkd.kd_kl_div_fwd, (sg, t, lens, w, 2.0, reduction, True))
+        torch.library.opcheck(torch.ops.asrkd.kd_kl_div_fwd, (s, t, None, None, 1.0, reduction, False))
+        torch.library.opcheck(torch.ops.asrkd.kd_kl_div_topk_fwd, (sg, idx, lp, lens, w, 2.0, reduction, True))
+    torch.library.opcheck(torch.ops.asrkd.kd_kl_scale_grad_, (torch.randn(2, 5, 29), torch.tensor(0.5)))
+    torch.library.opcheck(torch.ops.asrkd.kd_kl_scale_grad_, (torch.randn(2, 5, 29), torch.rand(2, 5)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph_with_changing_T(device):
+    torch._dynamo.reset()
+
+    def step(student, teacher, lens):
+        return ops.kd_kl_div(student, teacher, lens, temperature=2.0) + 0.5 * ops.kd_kl_div(
+            student, teacher, lens, temperature=1.0, reduction="sum"
+        )
+
+    compiled = torch.compile(step, fullgraph=True, dynamic=None)
+    for T in (6, 9, 13):
+        s, t = _inputs(2, T, 29, device=device)
+        lens = torch.tensor([T, T - 2], device=device)
+        x = s.clone().requires_grad_()
+        out = compiled(x, t, lens)
+        out.backward()
+        y = s.double().requires_grad_()
+        r = ref.kd_kl_div(y, t.double(), lens, temperature=2.0) + 0.5 * ref.kd_kl_div(
+            y, t.double(), lens, temperature=1.0, reduction="sum"
+        )
+        r.backward()
+        _close(out.detach(), r.detach(), 1e-4, 1e-5, f"compiled loss T={T}")
+        _close(x.grad, y.grad, 1e-4, 1e-6, f"compiled grad T={T}")
+
+
+# --- top-k --------------------------------------------------------------------------------
+
+
+def _topk(t, k):
+    lp = torch.log_softmax(t.double(), -1)
+    idx = torch.topk(lp, k, dim=-1).indices
+    return idx, lp.gather(-1, idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V", (1, 29, 500, 1023))
+def test_topk_with_k_equal_v_is_dense(device, V):
+    B, T = 2, 6
+    s, t = _inputs(B, T, V, device=device)
+    lens = _lengths(B, T, device)
+    idx, lp = _topk(t, V)
+    for reduction in REDUCTIONS:
+        kw = dict(temperature=2.0, reduction=reduction)
+        loss, grad = _fused_and_grad(ops.kd_kl_div_topk, s, idx, lp.float(), lens, **kw)
+        dloss, dgrad = _fused_and_grad(ops.kd_kl_div, s, t, lens, **kw)
+        _close(loss, dloss, 1e-4, 1e-5, "loss")
+        _close(grad, dgrad, 1e-4, 1e-6, "grad")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("V,K", [(29, 1), (29, 5), (500, 16), (5000, 64)])
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_topk_matches_reference(device, V, K, dtype):
+    B, T = 2, 7
+    s, t = _inputs(B, T, V, dtype=dtype, device=device)
+    lens = _lengths(B, T, device)
+    w = torch.rand(B, T, device=device)
+    idx, lp = _topk(t, K)
+    idx = idx.to(torch.int32)
+    lp16 = lp.to(torch.float16)  # the form a teacher cache stores
+    for temperature in (0.5, 2.0):
+        kw = dict(temperature=temperature, weights=w, reduction="none")
+        loss, grad = _fused_and_grad(ops.kd_kl_div_topk, s, idx, lp16, lens, **kw)
+        s64 = s.detach().double().requires_grad_()
+        rloss = ref.kd_kl_div_topk(s64, idx, lp16.double(), lens, **kw)
+        rloss.sum().backward()
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        _close(loss, rloss.detach(), tol, 1e-4, "loss")
+        _close(grad, s64.grad, tol, tol * float(s64.grad.abs().max()), "grad")
+
+
+def test_topk_tail_semantics_by_hand():
+    # V = 4, K = 2, teacher top-2 mass 0.7 -> the two other tokens get 0.15 each.
+    student = torch.zeros(1, 1, 4)
+    idx = torch.tensor([[[2, 0]]])
+    lp = torch.log(torch.tensor([[[0.5, 0.2]]]))
+    p = torch.tensor([0.2, 0.15, 0.5, 0.15])
+    expected = float((p * (p.log() - math.log(0.25))).sum())
+    assert abs(float(ops.kd_kl_div_topk(student, idx, lp)) - expected) < 1e-6
+    # Mass rounding above 1 leaves no tail mass (never a negative probability).
+    lp_over = torch.log(torch.tensor([[[0.8, 0.3]]]))
+    assert torch.isfinite(ops.kd_kl_div_topk(student, idx, lp_over))
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def _bad(fn, exc, match, *args, **kw):
+    with pytest.raises(exc, match=match):
+        fn(*args, **kw)
+
+
+def test_bad_inputs_raise_clear_errors():
+    s, t = _inputs(2, 5, 29)
+    f = ops.kd_kl_div
+    _bad(f, ValueError, "student must have shape", s[0], t[0])
+    _bad(f, ValueError, "teacher must have shape", s, t[:, :4])
+    _bad(f, ValueError, "vocabulary size", s, t[..., :28])
+    _bad(f, TypeError, "student must be a float tensor", s.long(), t)
+    _bad(f, TypeError, "teacher must be a float tensor", s, t.int())
+    _bad(f, ValueError, "lengths must have shape", s, t, torch.tensor([5]))
+    _bad(f, TypeError, "lengths must be an integer tensor", s, t, torch.tensor([5.0, 3.0]))
+    _bad(f, ValueError, r"lengths must lie in \[0, T=5\]", s, t, torch.tensor([6, 3]))
+    _bad(f, ValueError, r"lengths must lie in \[0, T=5\]", s, t, torch.tensor([-1, 3]))
+    _bad(f, ValueError, "temperature must be a finite number > 0", s, t, temperature=0.0)
+    _bad(f, ValueError, "temperature must be a finite number > 0", s, t, temperature=-1.0)
+    _bad(f, ValueError, "reduction must be one of", s, t, reduction="avg")
+    _bad(f, ValueError, "weights must have shape", s, t, weights=torch.ones(2, 4))
+    _bad(f, ValueError, "teacher is on meta", s, t.to("meta"))
+    _bad(f, ValueError, "weights is on meta", s, t, weights=torch.ones(2, 5, device="meta"))
+    idx, lp = _topk(t, 3)
+    g = ops.kd_kl_div_topk
+    _bad(g, TypeError, "topk_idx must be an int64/int32/int16", s, idx.float(), lp)
+    _bad(g, ValueError, "topk_logprob must have the shape", s, idx, lp[..., :2])
+    _bad(g, ValueError, r"topk_idx must lie in \[0, V=29\)", s, idx + 29, lp)
+    dup = idx.clone()
+    dup[..., 1] = dup[..., 0]
+    _bad(g, ValueError, "distinct", s, dup, lp)
+    _bad(g, ValueError, "1 <= K <= V", s, torch.zeros(2, 5, 30, dtype=torch.long), torch.zeros(2, 5, 30))
+    # The raw op checks too (for callers of torch.ops.asrkd directly).
+    with pytest.raises(RuntimeError, match="temperature must be a finite number > 0"):
+        torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, 0.0, "mean", False)
+    with pytest.raises(RuntimeError, match="reduction must be one of"):
+        torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, 1.0, "avg", False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
+def test_cuda_different_devices_raise():
+    s, t = _inputs(2, 5, 29)
+    with pytest.raises(ValueError, match="teacher is on cpu but student is on cuda"):
+        ops.kd_kl_div(s.cuda(), t)
+    # lengths may stay on the CPU
+    ops.kd_kl_div(s.cuda(), t.cuda(), torch.tensor([5, 3]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
+def test_cuda_is_deterministic_and_sync_free():
+    s, t = _inputs(16, 50, 5000, device="cuda", dtype=torch.bfloat16)
+    lens = torch.full((16,), 50, device="cuda")
+    x = s.clone().requires_grad_()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        a = ops.kd_kl_div(x, t, lens, temperature=2.0)
+        a.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    g1 = x.grad.clone()
+    x.grad = None
+    b = ops.kd_kl_div(x, t, lens, temperature=2.0)
+    b.backward()
+    assert torch.equal(a, b) and torch.equal(g1, x.grad)
+
+
+def test_reference_fallback_warns_once(monkeypatch):
+    import warnings
+
+    monkeypatch.setattr(ops, "_C", None)
+    monkeypatch.setattr(ops, "_WARNED", set())
+    s, t = _inputs(2, 3, 5)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        a = ops.kd_kl_div(s, t)
+        ops.kd_kl_div(s, t)
+    assert len([w for w in rec if "reference" in str(w.message)]) == 1
+    torch.testing.assert_close(a, ref.kd_kl_div(s, t))

@@ -1,0 +1,68 @@
+"""``asrkd prepare {kaldi|librispeech|folder} SRC OUT.jsonl``: import a corpus into a manifest."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+HELP = "import a Kaldi data dir, a LibriSpeech tree or a folder of audio (+ .txt) into a JSONL manifest"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("layout", choices=["kaldi", "librispeech", "folder"], help="source layout")
+    p.add_argument("src", type=Path, help="Kaldi data dir / LibriSpeech folder / folder of audio files")
+    p.add_argument("out", type=Path, help="manifest to write (JSONL)")
+    p.add_argument("--report", type=Path, default=None,
+                   help="write every rejected item as a JSONL line {id, kind, reason}")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any item was rejected")
+    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
+                   help="parallel audio checks (default: min(8, CPUs))")
+    vocab = p.add_mutually_exclusive_group()
+    vocab.add_argument("--tokenizer", type=Path, default=None,
+                       help="check transcripts against this saved tokenizer (default: English characters a-z ')")
+    vocab.add_argument("--no-vocab-check", action="store_true", help="accept any characters after normalisation")
+    p.add_argument("--subsampling", type=int, default=4,
+                   help="student subsampling factor for the CTC length check (default 4)")
+    p.add_argument("--hop-ms", type=float, default=10.0, help="feature hop for the CTC length check (default 10)")
+    p.add_argument("--pipe-dir", type=Path, default=None,
+                   help="kaldi: where audio from piped wav.scp entries is stored (default: OUT stem + '.audio/')")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .importers import IMPORTERS, CheckOptions, PrepareError
+    from .manifest import manifest_stats, save_manifest
+    from .rejects import Rejects
+    from .tokenizer import CharTokenizer, load_tokenizer
+
+    t0 = time.perf_counter()
+    if args.no_vocab_check:
+        tokenizer = None
+    elif args.tokenizer is not None:
+        tokenizer = load_tokenizer(args.tokenizer)
+    else:
+        tokenizer = CharTokenizer.english()
+    options = CheckOptions(tokenizer=tokenizer, subsampling=args.subsampling, hop_ms=args.hop_ms)
+    rejects = Rejects()
+    kwargs = {"jobs": args.jobs, "progress": not args.quiet}
+    if args.layout == "kaldi":
+        kwargs["pipe_dir"] = args.pipe_dir or args.out.parent / (args.out.name.split(".")[0] + ".audio")
+    try:
+        utts = IMPORTERS[args.layout](args.src, rejects, options, **kwargs)
+    except (PrepareError, OSError) as err:
+        print(f"asrkd prepare: error: {err}", file=sys.stderr)
+        return 2
+    save_manifest(args.out, utts)
+    if args.report is not None:
+        rejects.write_report(args.report)
+    s = manifest_stats(utts)
+    print(f"wrote {s['utterances']} utterances ({s['hours']:.2f} h; {s['labelled']} labelled, "
+          f"{s['unlabelled']} unlabelled; {s['speakers']} speakers) to {args.out} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    print(rejects.summary())
+    if args.report is not None:
+        print(f"report: {args.report}")
+    return 1 if (args.strict and len(rejects)) else 0

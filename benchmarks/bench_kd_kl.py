@@ -1,0 +1,226 @@
+"""Forward + backward of the fused KD loss against the PyTorch ways of writing it.
+
+Compared in one run, on the same inputs:
+  fused    asrkd.ops.kd_kl_div (one kernel forward, backward free when dL/dloss == 1)
+  eager    log_softmax x2 + kl_div + masked mean, autograd backward
+  compile  torch.compile of the eager function (inductor)
+  liger    (CUDA, when liger_kernel imports) log_softmax x2 + LigerKLDIVLoss(log_target=True)
+
+Reported per shape and dtype: median time of one forward+backward, speed-up of the fused op
+over each other way, effective bandwidth (the minimum traffic of the op: read student and
+teacher, write the gradient, divided by the time), and the peak memory allocated during the
+step beyond the inputs. On a GPU also the same-run device-to-device copy bandwidth and the
+fused op's effective bandwidth as a percentage of it.
+
+    .venv/bin/python benchmarks/bench_kd_kl.py            # CPU (and CUDA when present)
+    .venv/bin/python benchmarks/bench_kd_kl.py --quick    # smaller shapes, shorter runs
+
+Writes benchmarks/results/kd_kl_<device>.json. Timings are measurements, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's start/stop lines out of the table
+
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import asrkd.ops as ops  # noqa: E402
+
+SHAPES = [(32, 400, 32), (32, 400, 500), (16, 400, 5000)]
+QUICK_SHAPES = [(8, 100, 32), (8, 100, 500), (4, 100, 5000)]
+TEMPERATURE = 2.0
+
+
+def eager_kd(student, teacher, lengths, temperature: float = TEMPERATURE):
+    """What people write by hand: fp32 log-softmaxes, kl_div, masked mean over frames."""
+    log_q = F.log_softmax(student.float() / temperature, dim=-1)
+    log_p = F.log_softmax(teacher.float() / temperature, dim=-1)
+    kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(-1) * temperature**2
+    mask = torch.arange(student.shape[1], device=student.device)[None, :] < lengths[:, None]
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
+def fused_kd(student, teacher, lengths, temperature: float = TEMPERATURE):
+    return ops.kd_kl_div(student, teacher, lengths, temperature=temperature)
+
+
+def make_liger():
+    try:
+        from liger_kernel.transformers import LigerKLDIVLoss
+    except Exception as err:  # not installed, or no Triton/GPU
+        return None, f"{type(err).__name__}: {err}"
+    loss_fn = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+
+    def liger_kd(student, teacher, lengths, temperature: float = TEMPERATURE):
+        # Liger's KL kernel takes log-probabilities; the log-softmaxes stay in PyTorch.
+        V = student.shape[-1]
+        log_q = F.log_softmax(student.float() / temperature, dim=-1).view(-1, V)
+        log_p = F.log_softmax(teacher.float() / temperature, dim=-1).view(-1, V)
+        return loss_fn(log_q, log_p) * temperature**2
+
+    return liger_kd, None
+
+
+def peak_bytes_cpu(step) -> int:
+    """Peak of live CPU allocations during one step, from the profiler's memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, delta in mem:
+        live += delta
+        peak = max(peak, live)
+    return peak
+
+
+def peak_bytes_cuda(step) -> int:
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def time_step(step, min_run_time: float) -> float:
+    for _ in range(2):  # warm-up (and compilation for torch.compile)
+        step()
+    m = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time
+    )
+    return m.median
+
+
+def copy_bandwidth(nbytes: int, device: str, min_run_time: float) -> float:
+    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    t = time_step(lambda: dst.copy_(src), min_run_time)
+    return 2 * src.numel() * 4 / t
+
+
+def run_case(impls, B, T, V, dtype, device, min_run_time):
+    g = torch.Generator(device="cpu").manual_seed(0)
+    student = (torch.randn(B, T, V, generator=g) * 3).to(device=device, dtype=dtype).requires_grad_()
+    teacher = (torch.randn(B, T, V, generator=g) * 3).to(device=device, dtype=dtype)
+    lengths = torch.full((B,), T, device=device)
+    traffic = 3 * student.numel() * student.element_size()  # read s, read t, write grad
+    rows = []
+    for name, fn in impls.items():
+
+        def step(fn=fn):
+            student.grad = None
+            fn(student, teacher, lengths).backward()
+
+        try:
+            sec = time_step(step, min_run_time)
+            peak = peak_bytes_cuda(step) if device == "cuda" else peak_bytes_cpu(step)
+        except Exception as err:  # e.g. inductor unavailable: report, do not crash the run
+            rows.append({"impl": name, "error": f"{type(err).__name__}: {err}"[:300]})
+            continue
+        rows.append({"impl": name, "ms": sec * 1e3, "gbps": traffic / sec / 1e9, "peak_mb": peak / 2**20})
+    return rows, traffic
+
+
+def device_tag(device: str) -> str:
+    if device == "cuda":
+        return "cuda-" + re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-").lower()
+    return f"cpu-{os.cpu_count()}core"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small shapes, short runs (smoke test)")
+    ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
+    ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+
+    if not ops.extension_available():
+        print(f"asrkd extension not loaded: {ops.extension_info()['error']}", file=sys.stderr)
+        return 1
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    min_run_time = args.min_run_time or (0.2 if args.quick else 1.0)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    for device in devices:
+        impls = {"fused": fused_kd, "eager": eager_kd}
+        if not args.no_compile:
+            impls["compile"] = torch.compile(eager_kd, dynamic=False)
+        notes = {}
+        if device == "cuda":
+            liger, why = make_liger()
+            if liger is not None:
+                impls["liger"] = liger
+            else:
+                notes["liger"] = f"not measured ({why})"
+        dtypes = [torch.float32] + ([torch.bfloat16] if device == "cuda" else [])
+        env = {
+            "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "extension": ops.extension_info(),
+            "temperature": TEMPERATURE,
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        }
+        results = []
+        print(f"\n== {device} ({env['device']}, torch {env['torch']}, {env['threads']} threads) ==")
+        header = f"{'B,T,V':>14} {'dtype':>8} {'impl':>8} {'ms':>9} {'vs eager':>9} {'vs comp':>8} {'GB/s':>7} {'peak MB':>8}"
+        copy_bw = None
+        for B, T, V in shapes:
+            for dtype in dtypes:
+                rows, traffic = run_case(impls, B, T, V, dtype, device, min_run_time)
+                by = {r["impl"]: r for r in rows if "ms" in r}
+                fused = by.get("fused")
+                case = {"shape": [B, T, V], "dtype": str(dtype).replace("torch.", ""), "traffic_bytes": traffic,
+                        "rows": rows}
+                if fused:
+                    for other in ("eager", "compile", "liger"):
+                        if other in by:
+                            case[f"speedup_vs_{other}"] = by[other]["ms"] / fused["ms"]
+                if device == "cuda" and fused:
+                    copy_bw = copy_bandwidth(traffic, device, min_run_time)
+                    case["copy_gbps"] = copy_bw / 1e9
+                    case["fused_pct_of_copy"] = 100 * fused["gbps"] * 1e9 / copy_bw
+                results.append(case)
+                print(header if len(results) == 1 else "", end="\n" if len(results) == 1 else "")
+                for r in rows:
+                    if "error" in r:
+                        print(f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8}  error: {r['error']}")
+                        continue
+                    ve = by["eager"]["ms"] / r["ms"] if "eager" in by else float("nan")
+                    vc = by["compile"]["ms"] / r["ms"] if "compile" in by else float("nan")
+                    print(f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8} {r['ms']:9.3f} {ve:8.2f}x "
+                          f"{vc:7.2f}x {r['gbps']:7.2f} {r['peak_mb']:8.1f}")
+                if "fused_pct_of_copy" in case:
+                    print(f"{'':>14} {'':>8} {'copy':>8} same-run device copy {case['copy_gbps']:.1f} GB/s; "
+                          f"fused at {case['fused_pct_of_copy']:.1f}% of it")
+        for k, v in notes.items():
+            print(f"note: {k}: {v}")
+        out = out_dir / f"kd_kl_{device_tag(device)}{'_quick' if args.quick else ''}.json"
+        out.write_text(json.dumps({"env": env, "notes": notes, "results": results}, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

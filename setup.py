@@ -91,7 +91,9 @@ def extensions():
 
     cap = _cpu_capability()
     sources = [str(p.relative_to(ROOT)) for p in [ROOT / "csrc/kd_kl.cpp", *sorted((ROOT / "csrc/cpu").glob("*.cpp"))]]
-    cxx = ["-O3", "-fvisibility=hidden", f"-DASRKD_CPU_CAPABILITY_{cap}",
+    # -fopenmp: at::parallel_for is a header template that only runs in parallel when the
+    # including file is compiled with OpenMP (it binds to the libgomp torch already loaded).
+    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", f"-DASRKD_CPU_CAPABILITY_{cap}",
            f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_CAP_FLAGS[cap],
            ]
     define_macros = []
@@ -119,9 +121,9 @@ def extensions():
         define_macros.append(("ASRKD_WITH_CUDA", None))
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
         return [CUDAExtension("asrkd._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                              extra_compile_args={"cxx": cxx, "nvcc": nvcc})]
+                              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])]
     return [CppExtension("asrkd._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                         extra_compile_args={"cxx": cxx})]
+                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
 
 
 def cmdclass():

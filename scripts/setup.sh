@@ -43,7 +43,7 @@ if [ ! -f "$deps_stamp" ]; then
   touch "$deps_stamp"
 fi
 
-src_hash="$( (cat setup.py; find csrc -type f | sort | xargs cat; env | grep -E '^(FORCE_CUDA|TORCH_CUDA_ARCH_LIST|ASRKD_CPU_CAPABILITY|ASRKD_NO_CUDA)=' | sort) | sha1sum | cut -c1-16)"
+src_hash="$( (cat setup.py; find csrc -type f | sort | xargs cat; env | grep -E '^(FORCE_CUDA|TORCH_CUDA_ARCH_LIST|ASRKD_CPU_CAPABILITY|ASRKD_NO_CUDA)=' | sort || true) | sha1sum | cut -c1-16)"
 ext_stamp=".venv/.asrkd-ext-$src_hash"
 if [ ! -f "$ext_stamp" ] || ! ls asrkd/_C*.so >/dev/null 2>&1; then
   log "building the asrkd._C extension (about a minute)"

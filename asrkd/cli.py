@@ -28,7 +28,13 @@ COMMANDS: dict[str, str] = {
 def _available() -> dict[str, str]:
     import importlib.util
 
-    return {name: mod for name, mod in COMMANDS.items() if importlib.util.find_spec(mod) is not None}
+    def exists(mod: str) -> bool:
+        try:
+            return importlib.util.find_spec(mod) is not None
+        except ModuleNotFoundError:  # its parent package is absent
+            return False
+
+    return {name: mod for name, mod in COMMANDS.items() if exists(mod)}
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "decode": "asrkd.decode",
     "wer": "asrkd.metrics",
     "export": "asrkd.students.export",
+    "report": "asrkd.report",
     "demo": "asrkd.demo",
 }
 

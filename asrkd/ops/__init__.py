@@ -21,6 +21,7 @@ from asrkd.ops._validate import check_dense, check_topk
 __all__ = ["kd_kl_div", "kd_kl_div_topk", "extension_available", "extension_info", "reference"]
 
 _CAP_ORDER = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
+_CUDA_TOPK_MAX_V = 8192  # csrc/cuda/kd_kl.cu: with_row_config
 _C = None
 _LOAD_ERROR: str | None = None
 _WARNED: set[str] = set()
@@ -166,6 +167,12 @@ def kd_kl_div_topk(
         lengths, temperature, reduction, weights: as in :func:`kd_kl_div`.
     """
     check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction)
+    if student.device.type == "cuda" and student.shape[-1] > _CUDA_TOPK_MAX_V:
+        _warn_once("topk-large-v", f"asrkd: kd_kl_div_topk on CUDA holds a frame in registers (V <= "
+                   f"{_CUDA_TOPK_MAX_V}); V={student.shape[-1]} runs the PyTorch reference")
+        return reference.kd_kl_div_topk(
+            student, topk_idx, topk_logprob, lengths, temperature=temperature, reduction=reduction, weights=weights
+        )
     if not _use_extension(student.device):
         return reference.kd_kl_div_topk(
             student, topk_idx, topk_logprob, lengths, temperature=temperature, reduction=reduction, weights=weights

@@ -1,0 +1,162 @@
+"""``asrkd report``: collect a recipe's scores into results.json, a markdown table and a PNG.
+
+Reads, under an experiment folder laid out by ``recipes/*/run.sh``::
+
+    teacher.pt                      adapted teacher checkpoint
+    student_ctc/ student_kd/        training folders (best.pt, history.json)
+    decode/<model>[_streaming]/     wer.json (asrkd wer --json) and stats.json (asrkd decode --json)
+    stages.json                     wall seconds of each recipe stage (written by the recipe)
+
+and writes ``results.json`` (the contract in the design: ``teacher``, ``student_ctc``,
+``student_kd`` with ``params``, ``wer``, ``cer``, ``checkpoint``; ``latency_ms``; ``wall_s``),
+``results.md`` (the table, also printed) and ``dev_curves.png`` (dev WER/CER per epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+HELP = "collect a recipe's WER/CER, latency and timings into results.json, a table and a PNG"
+
+MODELS = ("teacher", "student_ctc", "student_kd")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--exp", required=True, type=Path, help="experiment folder (e.g. exp/mini)")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default EXP/results.json)")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+
+
+def _checkpoint_of(exp: Path, name: str) -> Path:
+    return exp / "teacher.pt" if name == "teacher" else exp / name / "best.pt"
+
+
+def _params(ckpt: Path) -> int | None:
+    if not ckpt.is_file():
+        return None
+    from asrkd.checkpoint import load_model
+
+    model, _ = load_model(ckpt)
+    return sum(p.numel() for p in model.parameters())
+
+
+def collect(exp: Path) -> dict[str, Any]:
+    exp = Path(exp)
+    results: dict[str, Any] = {}
+    for name in MODELS:
+        ckpt = _checkpoint_of(exp, name)
+        entry: dict[str, Any] = {"checkpoint": str(ckpt), "params": _params(ckpt)}
+        for mode in ("", "_streaming"):
+            wer = _read_json(exp / "decode" / f"{name}{mode}" / "wer.json")
+            stats = _read_json(exp / "decode" / f"{name}{mode}" / "stats.json")
+            if wer is None:
+                continue
+            key = "" if not mode else "streaming_"
+            entry[f"{key}wer"] = wer["wer"]
+            entry[f"{key}cer"] = wer["cer"]
+            if stats:
+                entry[f"{key}rtf"] = stats.get("rtf")
+                if mode:
+                    entry["algorithmic_latency_ms"] = stats.get("algorithmic_latency_ms")
+                    if stats.get("emission_delay"):
+                        entry["emission_delay"] = stats["emission_delay"]
+        hist = _read_json(exp / name / "history.json")
+        if hist:
+            entry["dev_history"] = [
+                {k: h.get(k) for k in ("epoch", "dev_wer", "dev_cer", "train_loss")} for h in hist["history"]
+            ]
+        results[name] = entry
+    kd = results.get("student_kd", {})
+    results["latency_ms"] = kd.get("algorithmic_latency_ms")
+    stages = _read_json(exp / "stages.json") or {}
+    results["stages_s"] = stages
+    results["wall_s"] = round(sum(stages.values()), 1) if stages else None
+    ctc_cer, kd_cer = results["student_ctc"].get("cer"), kd.get("cer")
+    if ctc_cer and kd_cer is not None:
+        results["kd_cer_ratio"] = round(kd_cer / ctc_cer, 4)
+    t_params, s_params = results["teacher"].get("params"), kd.get("params")
+    if t_params and s_params:
+        results["student_teacher_param_ratio"] = round(s_params / t_params, 4)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    def f(x, fmt="{:.2f}"):
+        return "–" if x is None else fmt.format(x)
+
+    lines = [
+        "| model | params | test WER % | test CER % | streaming WER % | streaming CER % | RTF (stream) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in MODELS:
+        e = results.get(name, {})
+        lines.append(
+            f"| {name} | {f(e.get('params'), '{:,}')} | {f(e.get('wer'))} | {f(e.get('cer'))} | "
+            f"{f(e.get('streaming_wer'))} | {f(e.get('streaming_cer'))} | {f(e.get('streaming_rtf'), '{:.4f}')} |"
+        )
+    extra = []
+    if results.get("kd_cer_ratio") is not None:
+        extra.append(f"student_kd CER / student_ctc CER = {results['kd_cer_ratio']:.3f}")
+    if results.get("student_teacher_param_ratio") is not None:
+        extra.append(f"student / teacher parameters = {results['student_teacher_param_ratio']:.3f}")
+    if results.get("latency_ms") is not None:
+        extra.append(f"streaming algorithmic latency {results['latency_ms']:g} ms")
+    if results.get("wall_s") is not None:
+        extra.append(f"recipe wall time {results['wall_s']:.0f} s")
+    return "\n".join(lines) + ("\n\n" + "; ".join(extra) + "\n" if extra else "\n")
+
+
+def plot(results: dict[str, Any], out: Path) -> bool:
+    curves = {n: results.get(n, {}).get("dev_history") for n in ("student_ctc", "student_kd")}
+    if not any(curves.values()):
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("dev_wer", "dev_cer")):
+        for name, hist in curves.items():
+            pts = [(h["epoch"], h[metric]) for h in hist or [] if h.get(metric) is not None]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        teacher = results.get("teacher", {}).get(metric.replace("dev_", ""))
+        if teacher is not None:
+            ax.axhline(teacher, color="gray", linestyle="--", label="teacher (test)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric.replace("_", " ").upper() + " %")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("dev error per epoch: CTC-only vs CTC + KD (same architecture, data, seed, epochs)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    exp = args.exp
+    if not exp.is_dir():
+        print(f"asrkd report: {exp} is not a folder")
+        return 2
+    results = collect(exp)
+    out = args.out or exp / "results.json"
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    md = table(results)
+    (exp / "results.md").write_text(md, encoding="utf-8")
+    png = exp / "dev_curves.png"
+    print(md, end="")
+    print(f"wrote {out}, {exp / 'results.md'}" + (f", {png}" if plot(results, png) else ""))
+    return 0

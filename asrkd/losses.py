@@ -17,6 +17,7 @@ from torch import nn
 
 from asrkd.align import (
     BLANK_MODES,
+    RESAMPLE_METHODS,
     VocabMap,
     align_to_student,
     blank_probability,
@@ -36,6 +37,7 @@ __all__ = [
     "ctc_loss",
     "VocabMap",
     "BLANK_MODES",
+    "RESAMPLE_METHODS",
     "align_to_student",
     "blank_probability",
     "blank_probability_topk",
@@ -151,6 +153,8 @@ class DistillationLoss(nn.Module):
         blank_weight: weight of blank frames in ``"threshold"`` mode.
         vocab_map: teacher -> student vocabulary, or None for a shared vocabulary.
         student_frame_rate, teacher_frame_rate: frames per second (None: equal).
+        resample: ``"ctc"`` (default: merged teacher frames keep their CTC spikes) or
+            ``"average"`` (plain probability average); see :func:`resample_frames`.
         blank_id: the student's blank id (CTC and blank-aware KD).
         seed: seed of the generator used by ``blank_mode="select"``.
         check_durations: raise when teacher and student lengths describe clearly different
@@ -170,6 +174,7 @@ class DistillationLoss(nn.Module):
         student_frame_rate: float | None = None,
         teacher_frame_rate: float | None = None,
         *,
+        resample: str = "ctc",
         blank_id: int = 0,
         seed: int = 0,
         check_durations: bool = True,
@@ -205,6 +210,9 @@ class DistillationLoss(nn.Module):
         else:
             self.student_frame_rate, self.teacher_frame_rate = float(student_frame_rate), float(teacher_frame_rate)
         self._ratio = frame_ratio(self.teacher_frame_rate, self.student_frame_rate)
+        if resample not in RESAMPLE_METHODS:
+            raise ValueError(f"resample must be one of {RESAMPLE_METHODS}, got {resample!r}")
+        self.resample = resample
         self.blank_id = int(blank_id)
         self.check_durations = check_durations
         self.generator = torch.Generator().manual_seed(seed)
@@ -213,7 +221,7 @@ class DistillationLoss(nn.Module):
         vm = "shared vocabulary" if self.vocab_map is None else self.vocab_map.describe()
         return (
             f"ctc_weight={self.ctc_weight}, kd_weight={self.kd_weight}, temperature={self.temperature}, "
-            f"shift={self.shift}, blank_mode={self.blank_mode!r}, rates {self.teacher_frame_rate:g} -> "
+            f"shift={self.shift}, blank_mode={self.blank_mode!r}, resample={self.resample!r}, rates {self.teacher_frame_rate:g} -> "
             f"{self.student_frame_rate:g}, {vm}"
         )
 
@@ -372,7 +380,7 @@ class DistillationLoss(nn.Module):
                 else:
                     teacher, _ = resample_frames(
                         teacher, t_len, from_rate=self.teacher_frame_rate, to_rate=self.student_frame_rate,
-                        num_frames=T_s, shift=self.shift,
+                        num_frames=T_s, shift=self.shift, method=self.resample, blank_id=self.blank_id,
                     )
                 p_blank = blank_probability(teacher, self.blank_id) if self.blank_mode != "none" else None
                 topk = None
@@ -395,6 +403,7 @@ class DistillationLoss(nn.Module):
                     teacher, _ = resample_topk(
                         t_idx, t_lp, V_s, t_len, from_rate=self.teacher_frame_rate,
                         to_rate=self.student_frame_rate, num_frames=T_s, shift=self.shift,
+                        method=self.resample, blank_id=self.blank_id,
                     )
                     p_blank = blank_probability(teacher, self.blank_id) if self.blank_mode != "none" else None
                     topk = None

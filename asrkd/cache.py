@@ -1,0 +1,656 @@
+"""Teacher-logit cache: run a frozen teacher once over a manifest, keep its outputs.
+
+``asrkd cache-teacher --teacher SPEC --manifest M.jsonl --out DIR [--topk K]`` writes::
+
+    DIR/index.json        the key and its parts (teacher, settings, manifest), the shard plan,
+                          per utterance its shard, frame count and entry fingerprint, the rejects
+    DIR/shard-00000.pt    ids, frame counts, offsets and the outputs of up to --shard-size
+    DIR/shard-00001.pt    utterances, concatenated over frames
+    ...
+
+Per utterance the cache stores either the teacher's **dense** log-probabilities
+``(T_t, V_t)`` fp16 (``log_softmax`` of its logits: softmax is shift invariant, so they
+serve as logits, and normalising first keeps the largest values near 0 where fp16 is most
+precise and cannot overflow), or its **top-k** log-probabilities ``(T_t, K)`` fp16 with
+their token ids ``(T_t, K)`` (int16 when ``V_t <= 32767``, else int32): what
+:func:`asrkd.ops.kd_kl_div_topk` takes.
+
+**Key.** Each utterance's key (:func:`cache_key`) hashes the teacher (its spec string,
+every tensor of its state dict, vocabulary, blank and frame rate: :func:`teacher_fingerprint`),
+the manifest entry (id, absolute audio path, offset, duration, and the audio file's size
+and modification time: :func:`entry_fingerprint`) and the cache settings (kind, K, dtype,
+sample rate: :func:`cache_settings`). The cache's key hashes the teacher, the settings and
+the whole manifest. A cache that does not match is refused with :class:`CacheKeyError`,
+whose message says which part differs (teacher, a setting, or which entries and fields).
+
+**Resume.** The shard plan is fixed when the cache is started (manifest order, ``shard_size``
+utterances each). Every shard is written to a temporary file and renamed, then the index is
+rewritten the same way with that shard marked done, so after a kill the finished shards are
+kept and the partial one is redone by running the same command again.
+
+**Bad audio** (missing, unreadable, truncated, empty, NaN) is skipped and counted, as are
+utterances the teacher gives no frames or non-finite outputs for; the index keeps the
+records, the command prints the summary, and the trainer counts them again as its own
+rejects.
+
+Library side (``docs/internals.md``)::
+
+    cache = TeacherCache.open("exp/mini/cache")
+    cache.check_entries(train_utts, rejects)      # CacheKeyError when an entry changed
+    targets = collate_teacher([cache.get(i) for i in batch["ids"]])
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+
+HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or top-k) for training"
+
+FORMAT = "asrkd-teacher-cache-v1"
+INDEX = "index.json"
+SHARD_PATTERN = "shard-{:05d}.pt"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class CacheKeyError(ValueError):
+    """A cache that does not belong to the given teacher, settings or manifest entries;
+    the message names the part that differs."""
+
+
+# --------------------------------------------------------------------------------------
+# Keys
+
+
+def _sha256(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """SHA-256 over every tensor of ``module.state_dict()``: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def teacher_fingerprint(teacher) -> dict[str, Any]:
+    """What identifies a teacher for the cache: ``spec``, ``weights`` (:func:`weights_hash`),
+    ``vocab``, ``blank_id``, ``frame_rate`` and ``hash`` (of all of these)."""
+    fp = {
+        "spec": str(getattr(teacher, "spec", "")),
+        "weights": weights_hash(teacher),
+        "vocab": list(teacher.vocab),
+        "blank_id": int(teacher.blank_id),
+        "frame_rate": float(teacher.frame_rate),
+    }
+    fp["hash"] = _sha256(fp)
+    return fp
+
+
+def entry_fingerprint(utt) -> dict[str, Any]:
+    """A manifest entry as the cache sees it: ``id``, absolute ``audio`` path, ``offset``,
+    ``duration``, and the file's ``size`` and ``mtime_ns`` (None when it cannot be read:
+    such an entry is rejected when its audio is loaded)."""
+    path = os.path.abspath(utt.audio)
+    try:
+        st = os.stat(path)
+        size, mtime = int(st.st_size), int(st.st_mtime_ns)
+    except OSError:
+        size = mtime = None
+    return {"id": utt.id, "audio": path, "offset": None if utt.offset is None else round(float(utt.offset), 4),
+            "duration": round(float(utt.duration), 4), "size": size, "mtime_ns": mtime}
+
+
+def cache_settings(kind: str, topk: int | None, sample_rate: int = 16000) -> dict[str, Any]:
+    """The settings that change what is stored (part of every key)."""
+    if kind not in ("dense", "topk"):
+        raise ValueError(f"cache kind must be 'dense' or 'topk', got {kind!r}")
+    if kind == "topk" and (topk is None or topk < 1):
+        raise ValueError(f"top-k caching needs topk >= 1, got {topk}")
+    return {"format": FORMAT, "kind": kind, "topk": int(topk) if kind == "topk" else None,
+            "values": "log_softmax", "dtype": "float16", "sample_rate": int(sample_rate)}
+
+
+def cache_key(teacher_hash: str, manifest_entry: Mapping[str, Any], feature_settings: Mapping[str, Any]) -> str:
+    """Key of one utterance's cached targets: a hash of the teacher's hash, the entry's
+    fingerprint (:func:`entry_fingerprint`) and the settings (:func:`cache_settings`)."""
+    return _sha256([teacher_hash, dict(manifest_entry), dict(feature_settings)])
+
+
+def _manifest_hash(fingerprints: Sequence[Mapping[str, Any]]) -> str:
+    return _sha256([dict(fp) for fp in fingerprints])
+
+
+def _overall_key(teacher_hash: str, settings: Mapping[str, Any], manifest_hash: str) -> str:
+    return _sha256([teacher_hash, dict(settings), manifest_hash])
+
+
+def _describe_entry_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    fields = [k for k in ("audio", "offset", "duration", "size", "mtime_ns") if old.get(k) != new.get(k)]
+    what = {"size": "file size", "mtime_ns": "file modification time"}
+    return ", ".join(f"{what.get(k, k)} {old.get(k)!r} -> {new.get(k)!r}" for k in fields) or "key differs"
+
+
+def _describe_teacher_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    parts = []
+    if old.get("spec") != new.get("spec"):
+        parts.append(f"spec {old.get('spec')!r} -> {new.get('spec')!r}")
+    if old.get("weights") != new.get("weights"):
+        parts.append(f"weights hash {str(old.get('weights'))[:12]} -> {str(new.get('weights'))[:12]}")
+    for k in ("vocab", "blank_id", "frame_rate"):
+        if old.get(k) != new.get(k):
+            parts.append(f"{k} {old.get(k)!r} -> {new.get(k)!r}")
+    return "; ".join(parts) or "hash differs"
+
+
+# --------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class TeacherTargets:
+    """One utterance's cached teacher outputs.
+
+    ``kind`` ``"dense"``: ``logits`` (T_t, V_t) fp16 log-probabilities. ``kind`` ``"topk"``:
+    ``topk_idx`` (T_t, K) int16/int32 and ``topk_logprob`` (T_t, K) fp16.
+    """
+
+    kind: str
+    frames: int
+    logits: torch.Tensor | None = None
+    topk_idx: torch.Tensor | None = None
+    topk_logprob: torch.Tensor | None = None
+
+
+def collate_teacher(items: Sequence[TeacherTargets]) -> dict[str, torch.Tensor]:
+    """Pad per-utterance targets into a batch: ``logits`` (B, T_t, V_t) or ``topk_idx`` +
+    ``topk_logprob`` (B, T_t, K), and ``lengths`` (B,) int64.
+
+    Padded frames hold a valid distribution (uniform over distinct ids ``0..K-1`` for top-k,
+    zeros for dense), so checks on the whole tensor pass; the lengths mask them out."""
+    if not items:
+        raise ValueError("collate_teacher: empty batch")
+    kinds = {t.kind for t in items}
+    if len(kinds) != 1:
+        raise ValueError(f"collate_teacher: mixed kinds {sorted(kinds)}")
+    lengths = torch.tensor([t.frames for t in items], dtype=torch.long)
+    T = int(lengths.max())
+    if items[0].kind == "dense":
+        V = items[0].logits.shape[1]
+        out = torch.zeros(len(items), T, V, dtype=items[0].logits.dtype)
+        for b, t in enumerate(items):
+            out[b, : t.frames] = t.logits
+        return {"logits": out, "lengths": lengths}
+    K = items[0].topk_idx.shape[1]
+    idx = torch.arange(K, dtype=items[0].topk_idx.dtype).expand(len(items), T, K).clone()
+    lp = torch.full((len(items), T, K), -math.log(K), dtype=items[0].topk_logprob.dtype)
+    for b, t in enumerate(items):
+        idx[b, : t.frames] = t.topk_idx
+        lp[b, : t.frames] = t.topk_logprob
+    return {"topk_idx": idx, "topk_logprob": lp, "lengths": lengths}
+
+
+class TeacherCache:
+    """A finished cache directory, read-only. Shards are memory-mapped when first used."""
+
+    def __init__(self, directory: Path, index: dict[str, Any]):
+        self.dir = directory
+        self.index = index
+        self.key: str = index["key"]
+        self.settings: dict[str, Any] = index["settings"]
+        self.kind: str = self.settings["kind"]
+        self.topk: int | None = self.settings["topk"]
+        self.teacher: dict[str, Any] = index["teacher"]
+        self.frame_rate: float = float(self.teacher["frame_rate"])
+        self.vocab: list[str] = list(self.teacher["vocab"])
+        self.blank_id: int = int(self.teacher["blank_id"])
+        self._entries: dict[str, dict[str, Any]] = index["entries"]
+        self._rejected: dict[str, dict[str, str]] = {r["id"]: r for s in index["shards"] for r in s["rejected"]}
+        self._shards: dict[int, dict[str, Any]] = {}
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, *, expect_key: str | None = None) -> "TeacherCache":
+        """Open a finished cache. Raises ``FileNotFoundError`` (no index), ``ValueError``
+        (unfinished: rerun ``asrkd cache-teacher``) or :class:`CacheKeyError` (its key is not
+        ``expect_key``)."""
+        directory = Path(directory)
+        index = _read_index(directory)
+        if index is None:
+            raise FileNotFoundError(f"no teacher cache at {directory} (missing {INDEX}); create it with "
+                                    "`asrkd cache-teacher --teacher SPEC --manifest M.jsonl --out DIR`")
+        done = sum(s["done"] for s in index["shards"])
+        if done < len(index["shards"]):
+            raise ValueError(f"teacher cache {directory} is unfinished ({done} of {len(index['shards'])} shards): "
+                             "run the same `asrkd cache-teacher` command again to finish it")
+        if expect_key is not None and expect_key != index["key"]:
+            raise CacheKeyError(f"teacher cache {directory} has key {index['key'][:16]}, expected "
+                                f"{expect_key[:16]} (teacher {index['teacher']['spec']!r}, manifest "
+                                f"{index['manifest']['path']}): use TeacherCache.check_teacher / "
+                                "check_entries to see which part differs")
+        return cls(directory, index)
+
+    # -- contents -------------------------------------------------------------------------
+    @property
+    def ids(self) -> list[str]:
+        return list(self._entries)
+
+    @property
+    def rejected(self) -> list[dict[str, str]]:
+        """Entries whose audio the teacher never saw: ``{"id", "kind", "reason"}``."""
+        return list(self._rejected.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, utt_id: str) -> bool:
+        return utt_id in self._entries
+
+    def _shard(self, number: int) -> dict[str, Any]:
+        shard = self._shards.get(number)
+        if shard is None:
+            path = self.dir / self.index["shards"][number]["file"]
+            shard = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            shard["pos"] = {u: i for i, u in enumerate(shard["ids"])}
+            self._shards[number] = shard
+        return shard
+
+    def get(self, utt_id: str) -> TeacherTargets:
+        """The cached targets of one utterance (``KeyError`` naming it when absent)."""
+        entry = self._entries.get(utt_id)
+        if entry is None:
+            why = f" (rejected while caching: {self._rejected[utt_id]['reason']})" if utt_id in self._rejected else ""
+            raise KeyError(f"utterance {utt_id!r} is not in the teacher cache {self.dir}{why}")
+        shard = self._shard(entry["shard"])
+        i = shard["pos"][utt_id]
+        a, b = int(shard["offsets"][i]), int(shard["offsets"][i + 1])
+        if self.kind == "dense":
+            return TeacherTargets("dense", b - a, logits=shard["logits"][a:b])
+        return TeacherTargets("topk", b - a, topk_idx=shard["topk_idx"][a:b], topk_logprob=shard["topk_logprob"][a:b])
+
+    # -- checks ---------------------------------------------------------------------------
+    def check_teacher(self, fingerprint: Mapping[str, Any]) -> None:
+        """Raise :class:`CacheKeyError` unless ``fingerprint`` (:func:`teacher_fingerprint`)
+        is the teacher the cache was made with."""
+        if fingerprint["hash"] != self.teacher["hash"]:
+            raise CacheKeyError(f"teacher cache {self.dir} was made with another teacher: "
+                                f"{_describe_teacher_diff(self.teacher, fingerprint)}")
+
+    def check_entries(self, utterances: Iterable, rejects=None) -> list:
+        """The utterances the cache holds, checked against their cached keys.
+
+        An entry whose id is cached but whose key differs (audio path, offset, duration, file
+        size or time changed) or that the cache does not know raises :class:`CacheKeyError`
+        naming up to 5 of them and what differs. Entries rejected while caching (bad audio)
+        are dropped and, with ``rejects``, counted with the cache's kind and reason.
+        """
+        keep, changed, missing = [], [], []
+        teacher_hash = self.teacher["hash"]
+        for u in utterances:
+            if u.id in self._rejected:
+                if rejects is not None:
+                    r = self._rejected[u.id]
+                    rejects.add(u.id, r["kind"], r["reason"])
+                continue
+            entry = self._entries.get(u.id)
+            if entry is None:
+                missing.append(u.id)
+                continue
+            fp = entry_fingerprint(u)
+            if cache_key(teacher_hash, fp, self.settings) != entry["key"]:
+                changed.append(f"{u.id}: {_describe_entry_diff(entry['entry'], fp)}")
+                continue
+            keep.append(u)
+        problems = []
+        if changed:
+            problems.append(f"{len(changed)} manifest entries differ from the cached ones, e.g. "
+                            + "; ".join(changed[:5]))
+        if missing:
+            problems.append(f"{len(missing)} utterances are not in the cache, e.g. {', '.join(missing[:5])}")
+        if problems:
+            raise CacheKeyError(f"teacher cache {self.dir} (made from {self.index['manifest']['path']}) does not "
+                                f"match: {'; '.join(problems)}. Rerun `asrkd cache-teacher` on this manifest "
+                                "into a new folder")
+        return keep
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write through ``write(file)`` to a temporary file in the same folder, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a cache is as readable as any output
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_index(directory: Path) -> dict[str, Any] | None:
+    path = directory / INDEX
+    if not path.is_file():
+        return None
+    index = json.loads(path.read_text(encoding="utf-8"))
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an asrkd teacher cache index (format {index.get('format')!r})")
+    return index
+
+
+def _write_index(directory: Path, index: Mapping[str, Any]) -> None:
+    _atomic_write(directory / INDEX, lambda f: json.dump(index, f, ensure_ascii=False), mode="w")
+
+
+def _plan_batches(durations: Sequence[float], max_seconds: float) -> list[list[int]]:
+    """Indices in duration order, cut so that ``len(batch) * longest <= max_seconds``."""
+    order = sorted(range(len(durations)), key=lambda i: durations[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and (len(cur) + 1) * durations[i] > max_seconds:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+class _ShardBuffer:
+    """Outputs of one shard, gathered until all its utterances are in."""
+
+    def __init__(self, number: int, ids: Sequence[str]):
+        self.number = number
+        self.ids = list(ids)
+        self.outputs: dict[str, dict[str, torch.Tensor]] = {}
+        self.rejected: list[dict[str, str]] = []
+
+    @property
+    def finished(self) -> bool:
+        return len(self.outputs) + len(self.rejected) == len(self.ids)
+
+    def tensors(self, kind: str) -> dict[str, Any]:
+        ids = [u for u in self.ids if u in self.outputs]
+        frames = [int(next(iter(self.outputs[u].values())).shape[0]) for u in ids]
+        offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
+        offsets[1:] = torch.tensor(frames, dtype=torch.long).cumsum(0)
+        out: dict[str, Any] = {"format": FORMAT, "ids": ids, "frames": frames, "offsets": offsets}
+        names = ("logits",) if kind == "dense" else ("topk_idx", "topk_logprob")
+        for name in names:
+            out[name] = torch.cat([self.outputs[u][name] for u in ids]) if ids else torch.zeros(0)
+        return out
+
+
+def _convert(logits: torch.Tensor, kind: str, topk: int | None, index_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """(T, V) teacher logits -> what one utterance stores."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if kind == "dense":
+        return {"logits": logprobs.half()}
+    values, idx = logprobs.topk(min(topk, logprobs.shape[-1]), dim=-1)
+    return {"topk_idx": idx.to(index_dtype), "topk_logprob": values.half()}
+
+
+def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, topk: int | None = None,
+                shard_size: int = 1000, batch_seconds: float = 200.0, num_workers: int = 2,
+                device: str | torch.device = "cpu", manifest_path: str = "", force: bool = False,
+                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``teacher`` over ``utterances`` and write (or finish) the cache in ``out_dir``.
+
+    Args:
+        teacher: a frozen teacher (``asrkd.teachers.load_teacher``): waves -> (logits, lengths).
+        utterances: manifest entries (:class:`~asrkd.data.manifest.Utterance`).
+        topk: store the top-k log-probabilities (None or 0: dense).
+        shard_size: utterances per shard (fixed when the cache is started).
+        batch_seconds: padded audio seconds per teacher batch.
+        force: replace a cache whose key does not match instead of refusing it.
+
+    Returns the index (dict). Raises :class:`CacheKeyError` when ``out_dir`` holds a cache
+    of another teacher, other settings or another manifest (unless ``force``).
+    """
+    from asrkd.data import ASRDataset, Rejects, build_dataloader
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kind = "topk" if topk else "dense"
+    vocab_size = len(teacher.vocab)
+    if topk and topk > vocab_size:
+        raise ValueError(f"--topk {topk} exceeds the teacher's vocabulary of {vocab_size}")
+    settings = cache_settings(kind, topk, int(getattr(teacher, "sample_rate", 16000)))
+    ids = [u.id for u in utterances]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the manifest repeats utterance ids; load it with asrkd.data.load_manifest")
+    t0 = time.time()
+    tfp = teacher_fingerprint(teacher)
+    fps = [entry_fingerprint(u) for u in utterances]
+    manifest = {"path": str(manifest_path), "count": len(fps), "hash": _manifest_hash(fps)}
+    key = _overall_key(tfp["hash"], settings, manifest["hash"])
+
+    index = _read_index(out)
+    if index is not None and index["key"] != key:
+        if not force:
+            raise CacheKeyError(f"{out} holds a teacher cache with another key: {_explain(index, tfp, settings, fps)}. "
+                                "Use another --out folder, or --force to replace it")
+        log(f"--force: replacing the cache in {out} ({_explain(index, tfp, settings, fps)})")
+        for s in index["shards"]:
+            (out / s["file"]).unlink(missing_ok=True)
+        (out / INDEX).unlink()
+        index = None
+    if index is None:
+        shard_size = max(1, int(shard_size))
+        shards = [{"file": SHARD_PATTERN.format(n), "ids": ids[a:a + shard_size], "done": False, "rejected": []}
+                  for n, a in enumerate(range(0, len(ids), shard_size))]
+        index = {"format": FORMAT, "key": key, "teacher": tfp, "settings": settings, "manifest": manifest,
+                 "shard_size": shard_size, "shards": shards, "entries": {}, "complete": not shards,
+                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+        _write_index(out, index)
+    for tmp in out.glob(".*.tmp"):  # left by a kill during a shard or index write
+        tmp.unlink(missing_ok=True)
+
+    todo = [n for n, s in enumerate(index["shards"]) if not (s["done"] and (out / s["file"]).is_file())]
+    for n in todo:  # a shard marked done whose file vanished is redone too
+        if index["shards"][n]["done"]:
+            _forget_shard(index, n)
+    done_shards = len(index["shards"]) - len(todo)
+    if not todo:
+        log(f"teacher cache {out} is complete ({len(index['entries'])} utterances); nothing to do")
+        return index
+    if done_shards:
+        log(f"resuming the teacher cache in {out}: {done_shards} of {len(index['shards'])} shards done")
+
+    by_id = {u.id: u for u in utterances}
+    fp_by_id = {fp["id"]: fp for fp in fps}
+    pending = [by_id[u] for n in todo for u in index["shards"][n]["ids"]]
+    shard_of = {u: n for n in todo for u in index["shards"][n]["ids"]}
+    rejects = Rejects()
+    dataset = ASRDataset(pending, tokenizer=None, features=None, rejects=rejects)
+    # Batches never straddle shards, and shards come in order: each one is written as
+    # soon as its last batch is done.
+    batches: list[list[int]] = []
+    start = 0
+    for n in todo:
+        count = len(index["shards"][n]["ids"])
+        durations = [pending[start + i].duration for i in range(count)]
+        batches += [[start + i for i in b] for b in _plan_batches(durations, batch_seconds)]
+        start += count
+    loader = build_dataloader(dataset, batches, num_workers=num_workers)
+    buffers = {n: _ShardBuffer(n, index["shards"][n]["ids"]) for n in todo}
+    index_dtype = torch.int16 if vocab_size <= 32767 else torch.int32
+    device = torch.device(device)
+    teacher = teacher.to(device)
+    t_run = time.time()
+    audio_seconds = 0.0
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(pending), unit="utt", desc="teacher", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in loader:
+            for r in batch["rejected"]:
+                buffers[shard_of[r.id]].rejected.append({"id": r.id, "kind": r.kind, "reason": r.reason})
+                bar.update(1)
+            if batch["size"]:
+                waves = batch["waves"].to(device)
+                lengths = batch["wave_lengths"].to(device)
+                try:
+                    logits, out_lengths = teacher(waves, lengths)
+                except Exception as err:
+                    raise RuntimeError(f"teacher {tfp['spec']!r} failed on utterances {batch['ids']}: {err}") from err
+                logits, out_lengths = logits.float().cpu(), out_lengths.cpu()
+                for b, uid in enumerate(batch["ids"]):
+                    buf = buffers[shard_of[uid]]
+                    frames = int(out_lengths[b])
+                    item = logits[b, :frames]
+                    if frames <= 0:
+                        buf.rejected.append({"id": uid, "kind": "too_short",
+                                             "reason": f"{uid}: the teacher gives no output frames for "
+                                                       f"{by_id[uid].duration:.3f} s"})
+                    elif not torch.isfinite(item).all():
+                        buf.rejected.append({"id": uid, "kind": "unsupported",
+                                             "reason": f"{uid}: the teacher's outputs are not finite"})
+                    else:
+                        buf.outputs[uid] = _convert(item, kind, topk, index_dtype)
+                    audio_seconds += by_id[uid].duration
+                    bar.update(1)
+            elapsed = time.time() - t_run
+            bar.set_postfix_str(f"{audio_seconds / max(elapsed, 1e-9):.0f}x real time", refresh=False)
+            for n in [n for n, buf in buffers.items() if buf.finished]:
+                _finish_shard(out, index, buffers.pop(n), kind, settings, tfp["hash"], fp_by_id)
+    finally:
+        bar.close()
+    index["complete"] = all(s["done"] for s in index["shards"])
+    _write_index(out, index)
+    n_rej = sum(len(s["rejected"]) for s in index["shards"])
+    log(f"cached {len(index['entries'])} utterances ({kind}{'' if kind == 'dense' else f', k={topk}'}) "
+        f"from {len(pending)} pending in {time.time() - t0:.1f} s into {out}; {n_rej} rejected")
+    return index
+
+
+def _forget_shard(index: dict[str, Any], n: int) -> None:
+    shard = index["shards"][n]
+    for uid in shard["ids"]:
+        index["entries"].pop(uid, None)
+    shard.update(done=False, rejected=[])
+
+
+def _finish_shard(out: Path, index: dict[str, Any], buf: _ShardBuffer, kind: str, settings: Mapping[str, Any],
+                  teacher_hash: str, fp_by_id: Mapping[str, Mapping[str, Any]]) -> None:
+    data = buf.tensors(kind)
+    path = out / index["shards"][buf.number]["file"]
+    _atomic_write(path, lambda f: torch.save(data, f))
+    for uid, frames in zip(data["ids"], data["frames"]):
+        fp = fp_by_id[uid]
+        index["entries"][uid] = {"shard": buf.number, "frames": frames, "key": cache_key(teacher_hash, fp, settings),
+                                 "entry": fp}
+    index["shards"][buf.number].update(done=True, rejected=buf.rejected)
+    index["complete"] = all(s["done"] for s in index["shards"])
+    _write_index(out, index)
+
+
+def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping[str, Any],
+             fps: Sequence[Mapping[str, Any]]) -> str:
+    """Which part of an existing cache's key differs from the new one."""
+    parts = []
+    if index["teacher"]["hash"] != tfp["hash"]:
+        parts.append(f"the teacher differs ({_describe_teacher_diff(index['teacher'], tfp)})")
+    if index["settings"] != dict(settings):
+        diff = [f"{k} {index['settings'].get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(index["settings"]) | set(settings))
+                if index["settings"].get(k) != settings.get(k)]
+        parts.append(f"the settings differ ({', '.join(diff)})")
+    if index["manifest"]["hash"] != _manifest_hash(fps):
+        old_ids = [u for s in index["shards"] for u in s["ids"]]
+        new_ids = [fp["id"] for fp in fps]
+        old_set, new_set = set(old_ids), set(new_ids)
+        added = [u for u in new_ids if u not in old_set]
+        removed = [u for u in old_ids if u not in new_set]
+        old_fp = {uid: e["entry"] for uid, e in index["entries"].items()}
+        changed = [f"{fp['id']}: {_describe_entry_diff(old_fp[fp['id']], fp)}" for fp in fps
+                   if fp["id"] in old_fp and any(old_fp[fp["id"]].get(k) != fp.get(k) for k in fp)]
+        detail = []
+        if added:
+            detail.append(f"{len(added)} entries added (e.g. {', '.join(added[:3])})")
+        if removed:
+            detail.append(f"{len(removed)} removed (e.g. {', '.join(removed[:3])})")
+        if changed:
+            detail.append(f"{len(changed)} changed (e.g. {'; '.join(changed[:3])})")
+        if not detail:
+            detail.append("same entries in another order" if sorted(old_ids) == sorted(new_ids) else "entries differ")
+        parts.append(f"the manifest differs (was {index['manifest']['path']}: {', '.join(detail)})")
+    return "; ".join(parts) or "the key differs"
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", required=True, help="teacher spec (see `asrkd.teachers.load_teacher`), "
+                                                   "e.g. asrkd:exp/mini/teacher.pt")
+    p.add_argument("--manifest", required=True, help="manifest JSONL whose utterances are run through the teacher")
+    p.add_argument("--out", required=True, help="cache folder (index.json + shard-*.pt)")
+    p.add_argument("--topk", type=int, default=0, help="store the top-K log-probabilities per frame "
+                                                      "(default 0: dense log-probabilities)")
+    p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard (default 1000)")
+    p.add_argument("--batch-seconds", type=float, default=200.0,
+                   help="padded audio seconds per teacher batch (default 200)")
+    p.add_argument("--num-workers", type=int, default=2, help="audio-loading worker processes (default 2)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--force", action="store_true", help="replace a cache whose key does not match")
+    p.add_argument("--report", help="write rejected utterances as JSON lines to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from asrkd.data import Rejects, load_manifest
+    from asrkd.teachers import load_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rejects = Rejects()
+    utts = load_manifest(args.manifest, rejects)
+    if not utts:
+        print(f"error: no usable utterances in {args.manifest}", file=sys.stderr)
+        print(rejects.summary(), file=sys.stderr)
+        return 2
+    teacher = load_teacher(args.teacher)
+    try:
+        index = build_cache(teacher, utts, args.out, topk=args.topk or None, shard_size=args.shard_size,
+                            batch_seconds=args.batch_seconds, num_workers=args.num_workers, device=device,
+                            manifest_path=os.path.abspath(args.manifest), force=args.force,
+                            progress=not args.quiet)
+    except CacheKeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for s in index["shards"]:
+        for r in s["rejected"]:
+            rejects.add(r["id"], r["kind"], r["reason"])
+    print(rejects.summary())
+    if args.report:
+        rejects.write_report(args.report)
+        print(f"report: {args.report}")
+    return 0
+
+
+__all__ = ["CacheKeyError", "TeacherCache", "TeacherTargets", "build_cache", "cache_key", "cache_settings",
+           "collate_teacher", "entry_fingerprint", "teacher_fingerprint", "weights_hash"]

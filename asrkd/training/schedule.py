@@ -1,0 +1,43 @@
+"""Learning-rate schedules as multipliers of the peak rate, for ``torch.optim.lr_scheduler.LambdaLR``.
+
+- ``cosine``: linear warm-up over ``warmup_steps`` to 1, then a half cosine down to
+  ``min_lr_ratio`` at ``total_steps`` (flat afterwards).
+- ``noam``: linear warm-up to 1 at ``warmup_steps``, then ``sqrt(warmup_steps / step)``
+  (the Transformer schedule, normalised so its peak is the configured rate).
+- ``constant``: linear warm-up, then 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class LRSchedule:
+    """Picklable ``step -> factor`` (``LambdaLR`` stores it in its state dict)."""
+
+    def __init__(self, kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.0):
+        if kind not in ("cosine", "noam", "constant"):
+            raise ValueError(f"unknown schedule {kind!r}")
+        self.kind = kind
+        self.warmup = max(0, int(warmup_steps))
+        self.total = max(1, int(total_steps))
+        self.min_ratio = float(min_lr_ratio)
+
+    def __call__(self, step: int) -> float:
+        s = step + 1  # LambdaLR calls with the number of steps taken; the first step gets a nonzero rate
+        if self.warmup and s <= self.warmup:
+            return s / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        if self.kind == "noam":
+            return math.sqrt(max(self.warmup, 1) / s)
+        span = max(1, self.total - self.warmup)
+        progress = min(1.0, (s - self.warmup) / span)
+        return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int,
+                    min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(kind, warmup_steps, total_steps, min_lr_ratio))

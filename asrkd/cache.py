@@ -56,6 +56,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from asrkd.data.sampler import duration_batches
+
 HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or top-k) for training"
 
 FORMAT = "asrkd-teacher-cache-v1"
@@ -361,21 +363,6 @@ def _write_index(directory: Path, index: Mapping[str, Any]) -> None:
     _atomic_write(directory / INDEX, lambda f: json.dump(index, f, ensure_ascii=False), mode="w")
 
 
-def _plan_batches(durations: Sequence[float], max_seconds: float) -> list[list[int]]:
-    """Indices in duration order, cut so that ``len(batch) * longest <= max_seconds``."""
-    order = sorted(range(len(durations)), key=lambda i: durations[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if cur and (len(cur) + 1) * durations[i] > max_seconds:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 class _ShardBuffer:
     """Outputs of one shard, gathered until all its utterances are in."""
 
@@ -490,7 +477,7 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     for n in todo:
         count = len(index["shards"][n]["ids"])
         durations = [pending[start + i].duration for i in range(count)]
-        batches += [[start + i for i in b] for b in _plan_batches(durations, batch_seconds)]
+        batches += [[start + i for i in b] for b in duration_batches(durations, batch_seconds)]
         start += count
     loader = build_dataloader(dataset, batches, num_workers=num_workers)
     buffers = {n: _ShardBuffer(n, index["shards"][n]["ids"]) for n in todo}

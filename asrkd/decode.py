@@ -39,6 +39,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from asrkd.data.sampler import duration_batches
+
 HELP = "decode a manifest with an asrkd checkpoint (full-utterance or streaming) into Kaldi-style hypotheses"
 
 __all__ = [
@@ -536,21 +538,6 @@ class _DelayMeter:
 # --------------------------------------------------------------------------- decoding
 
 
-def _batches_by_seconds(utts: Sequence[Any], max_seconds: float) -> list[list[Any]]:
-    """Utterances sorted by duration, grouped so that ``size × longest ≤ max_seconds``
-    (padded audio per batch); an utterance longer than that is a batch alone."""
-    out: list[list[Any]] = []
-    cur: list[Any] = []
-    for u in sorted(utts, key=lambda u: u.duration):
-        if cur and (len(cur) + 1) * u.duration > max_seconds:
-            out.append(cur)
-            cur = []
-        cur.append(u)
-    if cur:
-        out.append(cur)
-    return out
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -685,7 +672,10 @@ def decode_manifest(
                 return None
             return wave
 
-        groups = [[u] for u in utts] if streaming else _batches_by_seconds(utts, batch_seconds)
+        if streaming:
+            groups = [[u] for u in utts]
+        else:
+            groups = [[utts[i] for i in b] for b in duration_batches([u.duration for u in utts], batch_seconds)]
         for group in groups:
             items = [(u, w) for u in group if (w := load(u)) is not None]
             if items and streaming:

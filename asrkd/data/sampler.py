@@ -12,6 +12,23 @@ from typing import Any, Iterator, Mapping, Sequence
 log = logging.getLogger(__name__)
 
 
+def duration_batches(durations: Sequence[float], max_seconds: float) -> list[list[int]]:
+    """Indices in increasing duration, cut so that ``len(batch) × longest ≤ max_seconds``
+    (padded audio per batch); an item longer than that is a batch alone. Deterministic; for
+    one pass over a set (caching, decoding), where :class:`DurationBatchSampler` is for training."""
+    order = sorted(range(len(durations)), key=lambda i: durations[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and (len(cur) + 1) * durations[i] > max_seconds:
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
 class DurationBatchSampler:
     """Yields lists of dataset indices (a ``batch_sampler`` for ``torch.utils.data.DataLoader``).
 

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asrkd.data.sampler import duration_batches
+
 HELP = "train a CTC head (optionally the top encoder blocks) on a Whisper teacher: the mini recipe's teacher"
 
 MAX_SECONDS = 30.0  # Whisper's window: longer utterances are skipped (and counted) here
@@ -38,21 +40,6 @@ def read_manifest(path: str | Path, rejects) -> tuple[list, int]:
     utts = load_manifest(path, rejects)
     labelled = [u for u in utts if u.has_text]
     return labelled, len(utts) - len(labelled)
-
-
-def _batches_by_seconds(items: Sequence[Any], seconds: Sequence[float], max_seconds: float) -> list[list[int]]:
-    """Indices grouped in length order so that ``len(batch) * longest <= max_seconds`` (at least one each)."""
-    order = sorted(range(len(items)), key=lambda i: seconds[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if cur and (len(cur) + 1) * seconds[i] > max_seconds:
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
 
 
 # --------------------------------------------------------------------------- model pieces
@@ -134,7 +121,7 @@ def encode_all(encoder: CachedEncoder, utts: list, max_seconds: float, rejects, 
     cache: dict[str, torch.Tensor] = {}
     bar = tqdm(total=sum(u.duration for u in ok), desc=desc, unit="s", disable=not progress, file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
-    for batch in _batches_by_seconds(ok, [u.duration for u in ok], max_seconds):
+    for batch in duration_batches([u.duration for u in ok], max_seconds):
         loaded = []
         for i in batch:
             u = ok[i]
@@ -177,7 +164,7 @@ def evaluate(model, split: int, utts: list, cache, tokenizer, max_frames: int) -
     model.eval()
     hyps: dict[str, str] = {}
     frames = [cache[u.id].size(0) for u in utts]
-    for batch in _batches_by_seconds(utts, frames, max_frames):
+    for batch in duration_batches(frames, max_frames):
         ids = [utts[i].id for i in batch]
         x, lengths = _collate(ids, cache)
         logits = trainable_forward(model, split, x, lengths)
@@ -231,7 +218,7 @@ def train(
     base_lrs = [g["lr"] for g in groups]
 
     frames = [train_cache[u.id].size(0) for u in train_utts]
-    batches = _batches_by_seconds(train_utts, frames, max_frames)
+    batches = duration_batches(frames, max_frames)
     total_steps = max(1, epochs * len(batches))
     start = time.monotonic()
     budget = None if deadline is None else max(deadline - start, 1e-3)

@@ -92,6 +92,9 @@ at::Tensor backward_common(AutogradContext* ctx, const at::Tensor& grad_loss, at
 }
 
 void save_scalars(AutogradContext* ctx, double temperature, c10::string_view reduction, bool compute_grad) {
+  // The gradient output is never differentiated: without this autograd would fill a
+  // (B, T, V) tensor of zeros as its incoming gradient on every backward.
+  ctx->set_materialize_grads(false);
   ctx->saved_data["temperature"] = temperature;
   ctx->saved_data["reduction"] = std::string(reduction);
   ctx->saved_data["compute_grad"] = compute_grad;

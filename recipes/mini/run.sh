@@ -66,11 +66,16 @@ run_stage() {  # run_stage N NAME STAMP_INPUT... -- COMMAND...
   if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then return 0; fi
   local key
   key="$( (printf '%s\n' "$@"; for f in "${inputs[@]}"; do [ -e "$f" ] && sha1sum "$f"; done) | sha1sum | cut -c1-16)"
-  if [ -f "$EXP/.stamps/$name" ] && [ "$(cat "$EXP/.stamps/$name")" = "$key" ]; then
-    echo "== stage $n $name: up to date (inputs unchanged), skipped"
-    return 0
+  FRESH=0
+  if [ -f "$EXP/.stamps/$name" ]; then
+    if [ "$(cat "$EXP/.stamps/$name")" = "$key" ]; then
+      echo "== stage $n $name: up to date (inputs unchanged), skipped"
+      return 0
+    fi
+    FRESH=1  # finished before with other inputs: redo it from scratch, do not resume
+    rm -f "$EXP/.stamps/$name"
   fi
-  echo "== stage $n $name"
+  echo "== stage $n $name$([ "$FRESH" = 1 ] && echo ' (inputs changed: from scratch)')"
   local t0=$SECONDS
   "$@"
   "$PY" - "$EXP/stages.json" "$name" "$((SECONDS - t0))" <<'PY'
@@ -86,6 +91,8 @@ PY
 
 train_student() {  # train_student NAME CONFIG [key=value ...]
   local name="$1" config="$2"; shift 2
+  # --resume continues a run that was stopped; a run whose inputs changed starts over
+  [ "$FRESH" = 1 ] && rm -rf "${EXP:?}/$name"
   "$ASRKD" train --config "$config" --resume auto \
     exp_dir="$EXP/$name" data.train="$DATA/train.jsonl" data.dev="$DATA/dev.jsonl" \
     data.tokenizer="$EXP/tokenizer.json" "${TRAIN_ARGS[@]}" "$@"

@@ -123,6 +123,7 @@ def plot(results: dict[str, Any], out: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("dev_wer", "dev_cer")):
@@ -134,6 +135,7 @@ def plot(results: dict[str, Any], out: Path) -> bool:
         if teacher is not None:
             ax.axhline(teacher, color="gray", linestyle="--", label="teacher (test)")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(metric.replace("_", " ").upper() + " %")
         ax.grid(alpha=0.3)
         ax.legend()

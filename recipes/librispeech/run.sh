@@ -82,9 +82,10 @@ fi
 
 if in_range 3; then
   echo "== stage 3 student_kd"
+  # the student's characters come from the training texts and travel inside its checkpoints
   args=(--config "$CONF/student_kd.yaml" --resume auto exp_dir="$EXP/student_kd"
         data.train="$EXP/data/train.jsonl" data.dev="$EXP/data/$dev_set.jsonl"
-        data.tokenizer="$EXP/tokenizer.json" teacher.cache="$EXP/cache/train" teacher.spec="$teacher")
+        teacher.cache="$EXP/cache/train" teacher.spec="$teacher")
   if [ "$gpus" -gt 0 ]; then
     # one process per GPU (NCCL); rank 0 logs and writes checkpoints
     "$ROOT/.venv/bin/torchrun" --standalone --nproc_per_node "$gpus" -m asrkd.cli train "${args[@]}" \

@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", nargs="+", default=["conformer", "emformer"], help="random students to build")
     ap.add_argument("--size", default="xs")
     ap.add_argument("--manifest", help="audio to decode (default: synthetic)")
-    ap.add_argument("--utterances", type=int, default=10)
+    ap.add_argument("--utterances", type=int, default=10, help="synthetic utterances (ignored with --manifest)")
     ap.add_argument("--seconds", type=float, default=6.0, help="seconds per synthetic utterance")
     ap.add_argument("--chunk-ms", type=float, default=None)
     ap.add_argument("--threads", type=int, default=1)

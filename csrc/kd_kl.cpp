@@ -23,7 +23,7 @@ KdKlArgs check_common(const at::Tensor& student, const std::optional<at::Tensor>
   TORCH_CHECK(is_float(student.scalar_type()),
               "asrkd: student must be float32/float64/float16/bfloat16, got ", student.scalar_type());
   TORCH_CHECK(student.size(2) >= 1, "asrkd: student must have V >= 1, got ", student.sizes());
-  TORCH_CHECK(student.stride(2) == 1, "asrkd: student's last (V) dimension must be contiguous");
+  TORCH_CHECK(student.size(2) == 1 || student.stride(2) == 1, "asrkd: student's last (V) dimension must be contiguous");
   TORCH_CHECK(std::isfinite(temperature) && temperature > 0,
               "asrkd: temperature must be a finite number > 0, got ", temperature);
   KdKlArgs a;
@@ -75,7 +75,7 @@ KdKlArgs check_dense_args(const at::Tensor& student, const at::Tensor& teacher,
               " differs from student V=", a.V);
   TORCH_CHECK(is_float(teacher.scalar_type()),
               "asrkd: teacher must be float32/float64/float16/bfloat16, got ", teacher.scalar_type());
-  TORCH_CHECK(teacher.stride(2) == 1, "asrkd: teacher's last (V) dimension must be contiguous");
+  TORCH_CHECK(teacher.size(2) == 1 || teacher.stride(2) == 1, "asrkd: teacher's last (V) dimension must be contiguous");
   TORCH_CHECK(teacher.device() == student.device(), "asrkd: teacher is on ", teacher.device(),
               " but student is on ", student.device());
   return a;

@@ -425,6 +425,33 @@ def test_bad_inputs_raise_clear_errors():
         torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, 0.0, "mean", False)
     with pytest.raises(RuntimeError, match="reduction must be one of"):
         torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, 1.0, "avg", False)
+    # Top-k ids are checked inside the kernel as well: a direct op call (or torch.compile, which
+    # skips the Python checks) with an id out of range must not write outside the gradient.
+    with pytest.raises(RuntimeError, match=r"topk_idx holds \d+, outside \[0, V=29\)"):
+        torch.ops.asrkd.kd_kl_div_topk_fwd(s, idx + 29, lp.float(), None, None, 1.0, "mean", True)
+
+
+def test_unit_vocabulary_with_any_last_stride():
+    # With V = 1 the last stride is meaningless; a transposed (B, 1, T) tensor is a valid (B, T, 1).
+    s = torch.randn(2, 1, 7).transpose(1, 2)
+    t = torch.randn(2, 1, 7).transpose(1, 2)
+    assert s.stride(2) != 1
+    loss = torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, 1.0, "sum", True)[0]
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scale_grad_on_an_unaligned_view(device):
+    # a contiguous view that starts one element into its storage (no 16-byte alignment)
+    base = torch.randn(2 * 5 * 29 + 1, device=device)
+    g = base[1:].view(2, 5, 29)
+    want = g.clone() * 0.5
+    torch.ops.asrkd.kd_kl_scale_grad_(g, torch.tensor(0.5, device=device))
+    torch.testing.assert_close(g, want)
+    scale = torch.rand(2, 5, device=device)
+    want = g.clone() * scale[..., None]
+    torch.ops.asrkd.kd_kl_scale_grad_(g, scale)
+    torch.testing.assert_close(g, want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

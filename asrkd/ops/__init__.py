@@ -160,6 +160,11 @@ def kd_kl_div_topk(
     :func:`kd_kl_div` on the teacher's log-probabilities. See
     :func:`asrkd.ops.reference.topk_to_dense_logprobs`.
 
+    The kernels sum the student's log-probabilities over the tail as "all tokens minus the
+    top-k ones", so the student logits must be finite: a ``-inf`` student logit at a top-k
+    token gives a NaN loss here, where the reference gives ``+inf`` (or a finite loss when the
+    teacher gives that token no mass). The gradient is unaffected.
+
     Args:
         student: (B, T, V) logits.
         topk_idx: (B, T, K) int64/int32/int16 token ids, distinct within each frame.

@@ -365,6 +365,8 @@ void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at
       double mass = 0, mt = ninf;
       bool bad = !std::isfinite(ms);
       for (int64_t k = 0; k < K; ++k) {
+        // Python validates the ids, but not under torch.compile nor for a direct op call
+        TORCH_CHECK(idx[k] >= 0 && idx[k] < V, "asrkd: topk_idx holds ", idx[k], ", outside [0, V=", V, ")");
         bad |= std::isnan(lp[k]);
         mass += std::exp(static_cast<double>(lp[k]));
         y[k] = static_cast<double>(lp[k]) * inv_t;

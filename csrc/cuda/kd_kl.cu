@@ -239,6 +239,7 @@ template <typename scalar_t, typename teacher_t, typename acc_t, int G, int ITEM
 __global__ void __launch_bounds__(block_threads<G>())
     dense_rows_kernel(const DenseParams<scalar_t, teacher_t, acc_t> p) {
   constexpr int VEC = vec_of<scalar_t>();
+  static_assert(G <= kWarp || block_threads<G>() == G, "group_reduce takes a group wider than a warp to be the whole block");
   static_assert(ITEMS % VEC == 0, "ITEMS must be a multiple of the pack size");
   constexpr int ROWS = block_threads<G>() / G;
   __shared__ acc_t smem[3 * (G > kWarp ? G / kWarp : 1)];
@@ -350,6 +351,7 @@ __global__ void __launch_bounds__(kLoopThreads) dense_looped_kernel(const DenseP
 template <typename scalar_t, typename acc_t, int G, int ITEMS>
 __global__ void __launch_bounds__(block_threads<G>()) topk_rows_kernel(const TopkParams<scalar_t, acc_t> p) {
   constexpr int VEC = vec_of<scalar_t>();
+  static_assert(G <= kWarp || block_threads<G>() == G, "group_reduce takes a group wider than a warp to be the whole block");
   constexpr int ROWS = block_threads<G>() / G;
   __shared__ acc_t smem[3 * (G > kWarp ? G / kWarp : 1)];
   const int lane = threadIdx.x % G;
@@ -377,6 +379,9 @@ __global__ void __launch_bounds__(block_threads<G>()) topk_rows_kernel(const Top
     m[0] = nan_max(m[0], xs[i]);
   }
   for (int64_t k = lane; k < p.K; k += G) {
+    // Python validates the ids, but not under torch.compile nor for a direct op call: an id
+    // out of range would write outside the gradient, so it stops the kernel (like an index_select).
+    CUDA_KERNEL_ASSERT(idx[k] >= 0 && idx[k] < p.V);
     m[1] = nan_max(m[1], lp[k] * p.inv_t);
     mass[0] += exp(lp[k]);
   }
@@ -446,7 +451,8 @@ template <typename scalar_t, typename acc_t>
 __global__ void scale_grad_kernel(scalar_t* g, int64_t n, int64_t V, const acc_t* scale, bool per_row) {
   constexpr int VEC = vec_of<scalar_t>();
   if (!per_row && *scale == acc_t(1)) return;  // the common case: nothing to do
-  const int64_t n_packs = n / VEC;
+  // a contiguous view may start anywhere in its storage: pack loads only from an aligned start
+  const int64_t n_packs = reinterpret_cast<uintptr_t>(g) % (sizeof(scalar_t) * VEC) == 0 ? n / VEC : 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n_packs; i += stride) {
     acc_t x[VEC];

@@ -134,7 +134,8 @@ def encode_all(encoder: CachedEncoder, utts: list, max_seconds: float, rejects, 
                 rejects.add(u.id, "too_short", f"{wave.numel()} samples: the Whisper front-end needs {MIN_SECONDS} s")
                 continue
             loaded.append((u, wave))
-        bar.update(sum(ok[i].duration for i in batch))
+        # batches sum in another order than the total: clamp so rounding never overshoots it
+        bar.update(min(sum(ok[i].duration for i in batch), bar.total - bar.n))
         if not loaded:
             continue
         lengths = torch.tensor([w.numel() for _, w in loaded])

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from asrkd.atomic import atomic_write
 from asrkd.data.sampler import duration_batches
 
 HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or top-k) for training"
@@ -63,8 +63,6 @@ HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or 
 FORMAT = "asrkd-teacher-cache-v1"
 INDEX = "index.json"
 SHARD_PATTERN = "shard-{:05d}.pt"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class CacheKeyError(ValueError):
@@ -334,21 +332,6 @@ class TeacherCache:
 # Writing
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write through ``write(file)`` to a temporary file in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; a cache is as readable as any output
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_index(directory: Path) -> dict[str, Any] | None:
     path = directory / INDEX
     if not path.is_file():
@@ -360,7 +343,7 @@ def _read_index(directory: Path) -> dict[str, Any] | None:
 
 
 def _write_index(directory: Path, index: Mapping[str, Any]) -> None:
-    _atomic_write(directory / INDEX, lambda f: json.dump(index, f, ensure_ascii=False), mode="w")
+    atomic_write(directory / INDEX, lambda f: json.dump(index, f, ensure_ascii=False), mode="w")
 
 
 class _ShardBuffer:
@@ -543,7 +526,7 @@ def _finish_shard(out: Path, index: dict[str, Any], buf: _ShardBuffer, kind: str
                   teacher_hash: str, fp_by_id: Mapping[str, Mapping[str, Any]]) -> None:
     data = buf.tensors(kind)
     path = out / index["shards"][buf.number]["file"]
-    _atomic_write(path, lambda f: torch.save(data, f))
+    atomic_write(path, lambda f: torch.save(data, f))
     for uid, frames in zip(data["ids"], data["frames"]):
         fp = fp_by_id[uid]
         index["entries"][uid] = {"shard": buf.number, "frames": frames, "key": cache_key(teacher_hash, fp, settings),

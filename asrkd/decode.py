@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from asrkd.atomic import atomic_write
 from asrkd.data.sampler import duration_batches
 
 HELP = "decode a manifest with an asrkd checkpoint (full-utterance or streaming) into Kaldi-style hypotheses"
@@ -764,18 +764,12 @@ def decode_manifest(
 def write_hypotheses(path: str | os.PathLike, hyps: Mapping[str, str]) -> None:
     """Write ``utt-id word word ...`` lines (an id alone for an empty hypothesis),
     atomically (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for uid, text in hyps.items():
-                words = " ".join(text.split())
-                f.write(f"{uid} {words}\n" if words else f"{uid}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    def write(f) -> None:
+        for uid, text in hyps.items():
+            words = " ".join(text.split())
+            f.write(f"{uid} {words}\n" if words else f"{uid}\n")
+
+    atomic_write(path, write, mode="w")
 
 
 def format_summary(stats: Mapping[str, Any]) -> str:

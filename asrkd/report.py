@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from asrkd.atomic import atomic_write
 from typing import Any
 
 HELP = "collect a recipe's WER/CER, latency and timings into results.json, a table and a PNG"
@@ -153,9 +155,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     results = collect(exp)
     out = args.out or exp / "results.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, lambda f: f.write(json.dumps(results, indent=2) + "\n"), mode="w")
     md = table(results)
     (exp / "results.md").write_text(md, encoding="utf-8")
     png = exp / "dev_curves.png"

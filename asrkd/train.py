@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from asrkd.atomic import atomic_write
 from asrkd.cache import CacheKeyError, TeacherCache, collate_teacher, teacher_fingerprint, weights_hash
 from asrkd.checkpoint import load_checkpoint, save_checkpoint
 from asrkd.data import (ASRDataset, CharTokenizer, DurationBatchSampler, FeatureConfig, FeaturePipeline,
@@ -585,9 +586,7 @@ def _tensorboard(exp: Path):
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
 
 
 def _summary(run: dict[str, Any], exp: Path, rejects: Rejects, t_start: float) -> dict[str, Any]:

@@ -18,11 +18,12 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from asrkd.atomic import atomic_write
 
 from .rejects import Rejects
 
@@ -166,24 +167,19 @@ def save_manifest(path: str | Path, utterances: Iterable[Utterance], *, relative
     With ``relative_to`` (usually the manifest's folder) audio paths under it are written
     relative to it, making the folder relocatable.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rel = Path(relative_to).resolve() if relative_to is not None else None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for u in utterances:
-                d = u.to_dict()
-                if rel is not None:
-                    try:
-                        d["audio"] = Path(u.audio).resolve().relative_to(rel).as_posix()
-                    except ValueError:
-                        pass
-                f.write(json.dumps(d, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    def write(f) -> None:
+        for u in utterances:
+            d = u.to_dict()
+            if rel is not None:
+                try:
+                    d["audio"] = Path(u.audio).resolve().relative_to(rel).as_posix()
+                except ValueError:
+                    pass
+            f.write(json.dumps(d, ensure_ascii=False) + "\n")
+
+    atomic_write(path, write, mode="w")
 
 
 def filter_by_duration(utterances: Iterable[Utterance], min_duration: float | None = None,

@@ -257,6 +257,19 @@ class TeacherCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def loss_inputs(self, ids: Sequence[str], device: str | torch.device = "cpu") -> dict[str, Any]:
+        """The teacher keyword arguments of :class:`asrkd.losses.DistillationLoss` for a
+        batch of these ids: ``teacher_logits`` (dense) or ``teacher_topk`` (top-k), and
+        ``teacher_lengths``, on ``device``."""
+        tt = collate_teacher([self.get(i) for i in ids])
+        out: dict[str, Any] = {"teacher_lengths": tt["lengths"].to(device)}
+        if self.kind == "dense":
+            out["teacher_logits"] = tt["logits"].to(device, non_blocking=True)
+        else:
+            out["teacher_topk"] = (tt["topk_idx"].to(device, non_blocking=True),
+                                   tt["topk_logprob"].to(device, non_blocking=True))
+        return out
+
     def __contains__(self, utt_id: str) -> bool:
         return utt_id in self._entries
 

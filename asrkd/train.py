@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 from asrkd.atomic import atomic_write
-from asrkd.cache import CacheKeyError, TeacherCache, collate_teacher, teacher_fingerprint, weights_hash
+from asrkd.cache import CacheKeyError, TeacherCache, teacher_fingerprint, weights_hash
 from asrkd.checkpoint import load_checkpoint, save_checkpoint
 from asrkd.data import (ASRDataset, CharTokenizer, DurationBatchSampler, FeatureConfig, FeaturePipeline,
                         GlobalCMVN, Rejects, SpecAugment, build_dataloader, compute_cmvn, filter_by_duration,
@@ -263,13 +263,7 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
                                       batch["feat_lengths"].to(device, non_blocking=True))
         teacher_kw: dict[str, Any] = {}
         if cache is not None:
-            tt = collate_teacher([cache.get(i) for i in batch["ids"]])
-            if cache.kind == "dense":
-                teacher_kw["teacher_logits"] = tt["logits"].to(device, non_blocking=True)
-            else:
-                teacher_kw["teacher_topk"] = (tt["topk_idx"].to(device, non_blocking=True),
-                                              tt["topk_logprob"].to(device, non_blocking=True))
-            teacher_kw["teacher_lengths"] = tt["lengths"].to(device)
+            teacher_kw = cache.loss_inputs(batch["ids"], device)
         elif teacher is not None:
             with autocast():
                 t_logits, t_lengths = teacher(batch["waves"].to(device, non_blocking=True),

@@ -2,7 +2,7 @@
 
 Both steps are what ``asrkd train`` does per batch: student forward, loss, backward, gradient
 clipping, AdamW step. The KD step also reads the teacher's targets from a real cache
-(``asrkd.cache``: memory-mapped shard slices, :func:`~asrkd.cache.collate_teacher`) and
+(``asrkd.cache``: memory-mapped shard slices, :meth:`~asrkd.cache.TeacherCache.loss_inputs`) and
 aligns them (50 -> 25 frames/s, the mini recipe's Whisper teacher and student) inside
 :class:`~asrkd.losses.DistillationLoss`. The cache is written once, before timing, by a
 stand-in teacher with fixed random logits at 50 frames/s (what is timed is reading and
@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asrkd.cache import TeacherCache, build_cache, collate_teacher  # noqa: E402
+from asrkd.cache import TeacherCache, build_cache  # noqa: E402
 from asrkd.data import CharTokenizer, Utterance  # noqa: E402
 from asrkd.losses import DistillationLoss  # noqa: E402
 from asrkd.students import build_student, count_parameters  # noqa: E402
@@ -124,15 +124,8 @@ def bench(device: torch.device, args, workdir: Path) -> dict:
         cache = caches.get(variant.split("_")[-1]) if variant != "ctc" else None
 
         def step():
-            kw = {}
-            if cache is not None:  # what the trainer does per batch with a cache
-                tt = collate_teacher([cache.get(i) for i in on_dev["ids"]])
-                if cache.kind == "dense":
-                    kw["teacher_logits"] = tt["logits"].to(device, non_blocking=True)
-                else:
-                    kw["teacher_topk"] = (tt["topk_idx"].to(device, non_blocking=True),
-                                          tt["topk_logprob"].to(device, non_blocking=True))
-                kw["teacher_lengths"] = tt["lengths"].to(device)
+            # what the trainer does per batch with a cache
+            kw = cache.loss_inputs(on_dev["ids"], device) if cache is not None else {}
             with amp if amp is not None else torch.autocast("cpu", enabled=False):
                 logits, lengths = model(on_dev["feats"], on_dev["feat_lengths"])
             out = loss_fn(logits, lengths, on_dev["targets"], on_dev["target_lengths"], has_text=on_dev["has_text"],

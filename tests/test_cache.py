@@ -54,6 +54,9 @@ def test_dense_cache_holds_the_teachers_log_probs(corpus, tmp_path):
     batch = collate_teacher([cache.get(u.id) for u in utts[:3]])
     assert batch["logits"].shape == (3, int(batch["lengths"].max()), len(teacher.vocab))
     assert batch["lengths"].tolist() == [cache.get(u.id).frames for u in utts[:3]]
+    kw = cache.loss_inputs([u.id for u in utts[:3]])
+    assert set(kw) == {"teacher_logits", "teacher_lengths"}
+    assert torch.equal(kw["teacher_logits"], batch["logits"]) and torch.equal(kw["teacher_lengths"], batch["lengths"])
     with pytest.raises(KeyError, match="not in the teacher cache"):
         cache.get("nope")
 
@@ -78,6 +81,9 @@ def test_topk_cache(corpus, tmp_path):
     # Padding frames still hold distinct ids (the top-k op checks every frame).
     srt = idx_b.sort(-1).values
     assert (srt[..., 1:] != srt[..., :-1]).all()
+    kw = cache.loss_inputs([x.id for x in utts[:4]])
+    assert set(kw) == {"teacher_topk", "teacher_lengths"}
+    assert torch.equal(kw["teacher_topk"][0], idx_b) and torch.equal(kw["teacher_topk"][1], lp_b)
 
 
 def test_key_refusal_says_which_part_differs(corpus, tmp_path):

@@ -105,9 +105,11 @@ void store_diff(const acc_t* a, acc_t ca, const acc_t* b, acc_t cb, dst_t* out, 
   for (; i < n; ++i) out[i] = static_cast<dst_t>(a[i] * ca - (b ? b[i] * cb : cb));
 }
 
-template <typename dst_t>
-void fill_row(dst_t* out, int64_t n, dst_t value) {
-  std::fill(out, out + n, value);
+// A frame whose loss and whole gradient row are one value: 0 when masked, NaN when undefined.
+template <typename loss_t, typename scalar_t>
+void set_frame(loss_t* loss, scalar_t* g_row, int64_t V, double value) {
+  *loss = static_cast<loss_t>(value);
+  if (g_row) std::fill(g_row, g_row + V, static_cast<scalar_t>(value));
 }
 
 template <typename T>
@@ -229,8 +231,7 @@ void dense_kernel(const at::Tensor& student, const at::Tensor& teacher, const in
       scalar_t* g_row = g_ptr ? g_ptr + r * V : nullptr;
       const FrameInfo fi = frame_info(b, t, T, len, wts);
       if (fi.skip) {
-        l_ptr[r] = 0;
-        if (g_row) fill_row(g_row, V, scalar_t(0));
+        set_frame(l_ptr + r, g_row, V, 0.0);
         continue;
       }
       const acc_t w = static_cast<acc_t>(fi.w);
@@ -238,8 +239,7 @@ void dense_kernel(const at::Tensor& student, const at::Tensor& teacher, const in
       const acc_t mt = load_scaled(t_ptr + b * t_sb + t * t_st, bt, V, Vpad, inv_t);
       if (!std::isfinite(ms) || !std::isfinite(mt)) {
         // NaN/+inf anywhere, or a row of only -inf: the distribution is undefined; say so.
-        l_ptr[r] = static_cast<loss_t>(nan);
-        if (g_row) fill_row(g_row, V, static_cast<scalar_t>(nan));
+        set_frame(l_ptr + r, g_row, V, nan);
         continue;
       }
       // Centred logits keep large common offsets (e.g. ±1e4) from cancelling badly.
@@ -283,8 +283,7 @@ void dense_rows_small(const scalar_t* s_ptr, int64_t s_sb, int64_t s_st, const t
     scalar_t* g_row = g_ptr ? g_ptr + r * V : nullptr;
     const FrameInfo fi = frame_info(b, t, T, len, wts);
     if (fi.skip) {
-      l_ptr[r] = 0;
-      if (g_row) fill_row(g_row, V, scalar_t(0));
+      set_frame(l_ptr + r, g_row, V, 0.0);
       continue;
     }
     Vec xs[NV], xt[NV];
@@ -297,8 +296,7 @@ void dense_rows_small(const scalar_t* s_ptr, int64_t s_sb, int64_t s_st, const t
     }
     const acc_t ms = vec_max_all(vms), mt = vec_max_all(vmt);
     if (!std::isfinite(ms) || !std::isfinite(mt)) {
-      l_ptr[r] = static_cast<loss_t>(nan);
-      if (g_row) fill_row(g_row, V, static_cast<scalar_t>(nan));
+      set_frame(l_ptr + r, g_row, V, nan);
       continue;
     }
     vms = Vec(ms);
@@ -352,8 +350,7 @@ void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at
       scalar_t* g_row = g_ptr ? g_ptr + r * V : nullptr;
       const FrameInfo fi = frame_info(b, t, T, len, wts);
       if (fi.skip) {
-        l_ptr[r] = 0;
-        if (g_row) fill_row(g_row, V, scalar_t(0));
+        set_frame(l_ptr + r, g_row, V, 0.0);
         continue;
       }
       const scalar_t* s_row = s_ptr + b * s_sb + t * s_st;
@@ -376,8 +373,7 @@ void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at
       const double y_tail = (n_tail > 0 && rest > 0) ? (std::log(rest) - std::log(double(n_tail))) * inv_t : ninf;
       mt = std::max(mt, y_tail);
       if (bad || !std::isfinite(mt)) {
-        l_ptr[r] = nan;
-        if (g_row) fill_row(g_row, V, static_cast<scalar_t>(nan));
+        set_frame(l_ptr + r, g_row, V, nan);
         continue;
       }
       double zt = n_tail > 0 ? double(n_tail) * std::exp(y_tail - mt) : 0.0;

@@ -172,13 +172,11 @@ def kd_kl_div_topk(
         lengths, temperature, reduction, weights: as in :func:`kd_kl_div`.
     """
     check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction)
-    if student.device.type == "cuda" and student.shape[-1] > _CUDA_TOPK_MAX_V:
+    too_wide_for_cuda = student.device.type == "cuda" and student.shape[-1] > _CUDA_TOPK_MAX_V
+    if too_wide_for_cuda:
         _warn_once("topk-large-v", f"asrkd: kd_kl_div_topk on CUDA holds a frame in registers (V <= "
                    f"{_CUDA_TOPK_MAX_V}); V={student.shape[-1]} runs the PyTorch reference")
-        return reference.kd_kl_div_topk(
-            student, topk_idx, topk_logprob, lengths, temperature=temperature, reduction=reduction, weights=weights
-        )
-    if not _use_extension(student.device):
+    if too_wide_for_cuda or not _use_extension(student.device):
         return reference.kd_kl_div_topk(
             student, topk_idx, topk_logprob, lengths, temperature=temperature, reduction=reduction, weights=weights
         )

@@ -119,9 +119,12 @@ def encode_all(encoder: CachedEncoder, utts: list, max_seconds: float, rejects, 
         else:
             ok.append(u)
     cache: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=sum(u.duration for u in ok), desc=desc, unit="s", disable=not progress, file=sys.stderr,
+    batches = duration_batches([u.duration for u in ok], max_seconds)
+    batch_seconds = [sum(ok[i].duration for i in batch) for batch in batches]
+    # the total adds the same per-batch sums in the same order as the updates: the bar ends exactly full
+    bar = tqdm(total=sum(batch_seconds), desc=desc, unit="s", disable=not progress, file=sys.stderr,
                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
-    for batch in duration_batches([u.duration for u in ok], max_seconds):
+    for batch, seconds in zip(batches, batch_seconds):
         loaded = []
         for i in batch:
             u = ok[i]
@@ -134,8 +137,7 @@ def encode_all(encoder: CachedEncoder, utts: list, max_seconds: float, rejects, 
                 rejects.add(u.id, "too_short", f"{wave.numel()} samples: the Whisper front-end needs {MIN_SECONDS} s")
                 continue
             loaded.append((u, wave))
-        # batches sum in another order than the total: clamp so rounding never overshoots it
-        bar.update(min(sum(ok[i].duration for i in batch), bar.total - bar.n))
+        bar.update(seconds)
         if not loaded:
             continue
         lengths = torch.tensor([w.numel() for _, w in loaded])

@@ -11,15 +11,29 @@ A checkpoint is a ``torch.save`` dict with at least::
 
 Model classes register a builder with :func:`register_model`; :func:`load_model` turns
 any such checkpoint back into a module (students, adapted teachers, anything trained here).
+
+**Loading never runs code from the file.** Every ``.pt`` asrkd opens goes through
+:func:`safe_load`: ``torch.load(weights_only=True)``, which rebuilds tensors, containers and
+plain values only, plus the NumPy RNG-state arrays that checkpoints written before this
+version hold. A file that needs anything else is refused with :class:`CheckpointError`, naming
+the file and the objects it asks for. Files you made yourself with other tools and trust can
+be loaded with ``trust=True``, ``with trusted_checkpoints():`` or the commands'
+``--trust-checkpoint``; never by default.
 """
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import os
+import pickle
+import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from asrkd.atomic import atomic_write
@@ -58,6 +72,66 @@ def build_model(arch: str, **kwargs) -> torch.nn.Module:
     return _BUILDERS[arch](**kwargs)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the reason."""
+
+
+_TRUST = contextvars.ContextVar("asrkd_trust_checkpoints", default=False)
+
+
+@contextmanager
+def trusted_checkpoints(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`safe_load` fully unpickles files (the ``--trust-checkpoint`` opt-in)."""
+    token = _TRUST.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def _numpy_rng_globals() -> list[Any]:
+    """What pickled ``np.random.get_state()`` arrays need (checkpoints written before RNG
+    states were stored as tensors): the array type, its dtype and NumPy's array rebuilder."""
+    core = getattr(np, "_core", None) or np.core
+    return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), core.multiarray._reconstruct]
+
+
+def _unsafe_globals(path: Path, err: Exception) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file: take the name from the error itself
+        names = re.findall(r"GLOBAL ([\w.]+)", str(err)) or re.findall(r"Unsupported class ([\w.]+)", str(err))
+    return ", ".join(names) or "objects that are not tensors or plain data"
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust: bool | None = None) -> Any:
+    """``torch.load`` that never executes code from the file (see the module doc); raises
+    :class:`CheckpointError` naming ``path`` for a file that is refused or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if _TRUST.get() if trust is None else trust:
+        warnings.warn(f"{path}: fully unpickled (--trust-checkpoint): any code it holds has run", stacklevel=2)
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_numpy_rng_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not re.search(r"Unsupported (global|class)", str(err)):  # not refused: not a pickle torch can read
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(
+            f"{path}: refused: loading it would run Python code or build objects asrkd does not allow "
+            f"({_unsafe_globals(path, err)}); asrkd checkpoints hold only tensors and plain data. If you made "
+            "this file yourself and trust it, pass --trust-checkpoint (library: trust=True)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically: a crash leaves the old file or the new one,
     never a truncated one (temporary file in the same folder, fsync, rename)."""
@@ -65,19 +139,34 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an asrkd checkpoint (missing format={FORMAT!r})")
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                    trust: bool | None = None) -> dict[str, Any]:
+    """An asrkd checkpoint dict, loaded by :func:`safe_load`."""
+    state = safe_load(path, map_location, trust=trust)
+    if not is_checkpoint(state):
+        raise CheckpointError(f"{path} is not an asrkd checkpoint (missing format={FORMAT!r})")
     return state
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+def is_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust: bool | None = None):
     """Rebuild the model stored in an asrkd checkpoint; returns ``(model, checkpoint_dict)``."""
-    state = load_checkpoint(path, map_location)
-    model = build_model(state["arch"], **state.get("model_kwargs", {}))
-    model.load_state_dict(state["model"])
-    return model, state
+    state = load_checkpoint(path, map_location, trust=trust)
+    return model_from_state(state, path), state
+
+
+def model_from_state(state: dict[str, Any], source: str | os.PathLike) -> torch.nn.Module:
+    """The module a loaded checkpoint dict describes; ``CheckpointError`` naming ``source``
+    when the dict lacks what it needs or its weights do not fit its own architecture."""
+    for key in ("arch", "model"):
+        if key not in state:
+            raise CheckpointError(f"{source}: checkpoint has no {key!r} entry")
+    try:
+        model = build_model(state["arch"], **state.get("model_kwargs", {}))
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{source}: cannot rebuild its {state['arch']!r} model: {_first_line(err)}") from None
+    return model

@@ -3,12 +3,17 @@
 Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 ``run(args) -> int``. Modules are imported only when their command runs, except for
 ``asrkd -h``, which lists them all.
+
+An error that escapes a command is printed as one ``error: ...`` line (exit code 1; usage
+errors exit 2); ``--debug`` or ``ASRKD_DEBUG=1`` shows the traceback instead. Commands that
+read checkpoints take ``--trust-checkpoint`` (see :mod:`asrkd.checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command name -> module implementing it
@@ -24,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "report": "asrkd.report",
     "demo": "asrkd.demo",
 }
+# commands that open .pt files a user may hand them
+READS_CHECKPOINTS = {"teacher-adapt", "cache-teacher", "train", "decode", "export", "report"}
 
 
 def _available() -> dict[str, str]:
@@ -50,6 +57,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         mod = importlib.import_module(modname)
         p = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(p)
+        _add_common_arguments(p, name)
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -61,12 +69,44 @@ def _help_line(modname: str) -> str:
         return f"(unavailable: {err})"
 
 
+def _add_common_arguments(p: argparse.ArgumentParser, name: str) -> None:
+    p.add_argument("--debug", action="store_true", help="on an error, show the full traceback (also: ASRKD_DEBUG=1)")
+    if name in READS_CHECKPOINTS:
+        p.add_argument("--trust-checkpoint", action="store_true",
+                       help="fully unpickle .pt files that hold more than tensors and plain data (this runs any "
+                            "code they contain: only for files you made yourself)")
+
+
+def describe_error(err: BaseException) -> str:
+    """One readable line (or a few, for messages that carry a summary table) for an error."""
+    if isinstance(err, OSError) and err.strerror:
+        where = err.filename if err.filename is not None else ""
+        msg = err.strerror if not where or str(where) in err.strerror else f"{where}: {err.strerror}"
+        return msg
+    text = str(err).strip()
+    if isinstance(err, KeyError) and text.startswith(("'", '"')):
+        text = f"missing key {text}"
+    return text or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)
     args = parser.parse_args(argv)
-    return int(args._run(args) or 0)
+    from asrkd.checkpoint import trusted_checkpoints
+
+    try:
+        with trusted_checkpoints(getattr(args, "trust_checkpoint", False)):
+            return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.debug or os.environ.get("ASRKD_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"error: {describe_error(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -117,17 +117,17 @@ def test_export_cli(tmp_path, capsys):
 
 def test_export_cli_errors(tmp_path, capsys):
     out = str(tmp_path / "x.ts")
-    assert cli_main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--out", out]) == 2
+    assert cli_main(["export", "--checkpoint", str(tmp_path / "missing.pt"), "--out", out]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     other = _NotAStudent()
     save_checkpoint(
         tmp_path / "other.pt",
         {"arch": "tests_students_not_a_student", "model_kwargs": {"width": 4}, "model": other.state_dict()},
     )
-    assert cli_main(["export", "--checkpoint", str(tmp_path / "other.pt"), "--out", out]) == 2
+    assert cli_main(["export", "--checkpoint", str(tmp_path / "other.pt"), "--out", out]) == 1
     assert "not a streaming student" in capsys.readouterr().err
     save_checkpoint(tmp_path / "unknown.pt", {"arch": "no_such_arch", "model_kwargs": {}, "model": {}})
-    assert cli_main(["export", "--checkpoint", str(tmp_path / "unknown.pt"), "--out", out]) == 2
+    assert cli_main(["export", "--checkpoint", str(tmp_path / "unknown.pt"), "--out", out]) == 1
     assert "unknown model arch" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["export", "--checkpoint", str(tmp_path / "other.pt"), "--out", out, "--format", "tflite"])

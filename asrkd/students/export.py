@@ -13,15 +13,15 @@ partial last segments) that the ONNX exporters cannot follow.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
-import sys
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from asrkd.atomic import refuse_overwrite, write_bytes
 from asrkd.checkpoint import load_model
 from asrkd.students.streaming import StreamingCTC, count_parameters
 
@@ -86,13 +86,15 @@ def check_export(model: StreamingCTC, scripted: torch.jit.ScriptModule, seed: in
 def save_scripted(
     scripted: torch.jit.ScriptModule, path: str | os.PathLike, metadata: dict[str, Any] | None = None
 ) -> None:
-    """``torch.jit.save`` with ``metadata`` stored in the file as ``asrkd.json``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``torch.jit.save`` with ``metadata`` stored in the file as ``asrkd.json``. Serialised
+    in memory first: the file is then written atomically (a C++ writer that hits a full disk
+    aborts the process instead of raising)."""
     extra = {METADATA_FILE: json.dumps(_jsonable(metadata or {}))}
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(scripted, str(path), _extra_files=extra)
+        torch.jit.save(scripted, buffer, _extra_files=extra)
+    write_bytes(path, buffer.getvalue())
 
 
 def export_torchscript(
@@ -125,18 +127,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        model, ckpt = load_model(args.checkpoint)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"asrkd export: error: {err}", file=sys.stderr)
-        return 2
+    refuse_overwrite({"--out": args.out}, {"--checkpoint": args.checkpoint})
+    model, ckpt = load_model(args.checkpoint)
     if not isinstance(model, StreamingCTC):
-        print(
-            f"asrkd export: error: {args.checkpoint} holds arch {ckpt.get('arch')!r}, not a streaming student "
-            "(emformer_ctc or conformer_ctc)",
-            file=sys.stderr,
-        )
-        return 2
+        raise ValueError(f"{args.checkpoint} holds arch {ckpt.get('arch')!r}, not a streaming student "
+                         "(emformer_ctc or conformer_ctc)")
     metadata = {
         "arch": ckpt["arch"],
         "model_kwargs": ckpt.get("model_kwargs", {}),

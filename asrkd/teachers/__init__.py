@@ -76,12 +76,11 @@ def load_whisper_teacher(
 
 def _load_pt(path: Path, kw: dict[str, Any]) -> FrozenTeacher:
     """A bare ``.pt`` path: an asrkd checkpoint, or an openai-whisper checkpoint."""
-    import torch
+    from asrkd.checkpoint import is_checkpoint, safe_load
+    from asrkd.teachers.checkpoint import teacher_from_state
 
-    from asrkd.teachers.checkpoint import is_asrkd_checkpoint, teacher_from_state
-
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if is_asrkd_checkpoint(obj):
+    obj = safe_load(path)
+    if is_checkpoint(obj):
         if kw:
             raise TypeError(f"an asrkd checkpoint teacher takes no options, got {sorted(kw)}")
         return teacher_from_state(obj, f"asrkd:{path}")

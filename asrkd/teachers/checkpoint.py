@@ -32,26 +32,16 @@ class FeatureInputCTC(nn.Module):
         return self.model(feats, feat_lengths)
 
 
-def is_asrkd_checkpoint(obj: Any) -> bool:
-    from asrkd.checkpoint import FORMAT
-
-    return isinstance(obj, dict) and obj.get("format") == FORMAT
-
-
 def teacher_from_state(state: dict[str, Any], spec: str) -> FrozenTeacher:
     """Build the teacher for an already loaded checkpoint dict."""
-    from asrkd.checkpoint import build_model
+    from asrkd.checkpoint import model_from_state
 
-    for key in ("arch", "model"):
-        if key not in state:
-            raise ValueError(f"{spec}: checkpoint has no {key!r} entry")
     if not state.get("tokenizer"):
         raise ValueError(f"{spec}: checkpoint has no tokenizer, so its outputs have no names")
     from asrkd.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(state["tokenizer"])
-    model = build_model(state["arch"], **state.get("model_kwargs", {}))
-    model.load_state_dict(state["model"])
+    model = model_from_state(state, spec)
     if getattr(model, "input_type", "features") == "wave":
         module: nn.Module = model
     else:

@@ -136,7 +136,9 @@ def load_torchaudio_state_dict(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"torchaudio state dict not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    from asrkd.checkpoint import safe_load
+
+    obj = safe_load(path)
     extra: dict[str, Any] = {}
     if isinstance(obj, dict) and any(k in obj for k in ("state_dict", "model")) and not any(
         isinstance(v, torch.Tensor) for v in obj.values()

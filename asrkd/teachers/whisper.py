@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asrkd.checkpoint import register_model
+from asrkd.checkpoint import register_model, safe_load
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -376,7 +376,7 @@ def encoder_state_from_ct2(path: str | os.PathLike) -> tuple[dict[str, int], dic
 
 def encoder_state_from_openai(path: str | os.PathLike, checkpoint: dict | None = None) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
     """From an openai-whisper checkpoint (``{"dims": {...}, "model_state_dict": {...}}``)."""
-    ckpt = checkpoint if checkpoint is not None else torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = checkpoint if checkpoint is not None else safe_load(path)
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ValueError(f"{path} is not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
     d = ckpt["dims"]
@@ -411,7 +411,7 @@ def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
         return out
     binary = directory / "pytorch_model.bin"
     if binary.is_file():
-        return torch.load(binary, map_location="cpu", weights_only=True)
+        return safe_load(binary)
     raise FileNotFoundError(f"no weights in {directory}: expected model.safetensors or pytorch_model.bin")
 
 

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from asrkd.atomic import atomic_write
+from asrkd.atomic import atomic_write, refuse_overwrite, write_text
 from asrkd.data.sampler import duration_batches
 
 HELP = "decode a manifest with an asrkd checkpoint (full-utterance or streaming) into Kaldi-style hypotheses"
@@ -868,6 +868,10 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--batch-seconds must be > 0, got {args.batch_seconds}")
     if not Path(args.manifest).is_file():
         return fail(f"manifest not found: {args.manifest}")
+    checkpoint = args.checkpoint[len("asrkd:"):] if args.checkpoint.startswith("asrkd:") else args.checkpoint
+    refuse_overwrite({"--out": args.out, "--json": args.json, "--report": args.report},
+                     {"--manifest": args.manifest, "--checkpoint": checkpoint, "--lexicon": args.lexicon,
+                      "--lm": args.lm, "--emission-delay-ref": args.emission_delay_ref})
     options = {k: v for k, v in (("lm_weight", args.lm_weight), ("word_score", args.word_score)) if v is not None}
     if options and args.beam_backend == "asrkd":
         return fail("--lm-weight/--word-score belong to the torchaudio beam search")
@@ -893,7 +897,6 @@ def run(args: argparse.Namespace) -> int:
         rejects.write_report(args.report)
         print(f"report: {args.report}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+        write_text(args.json, json.dumps(stats, indent=2) + "\n")
     print(f"wrote {len(hyps)} hypotheses to {args.out}")
     return 1 if args.strict and stats["failed"] else 0

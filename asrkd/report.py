@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-from asrkd.atomic import atomic_write
 from typing import Any
+
+from asrkd.atomic import atomic_write, refuse_overwrite, write_text
 
 HELP = "collect a recipe's WER/CER, latency and timings into results.json, a table and a PNG"
 
@@ -143,7 +143,7 @@ def plot(results: dict[str, Any], out: Path) -> bool:
         ax.legend()
     fig.suptitle("dev error per epoch: CTC-only vs CTC + KD (same architecture, data, seed, epochs)")
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    atomic_write(out, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
     return True
 
@@ -153,11 +153,13 @@ def run(args: argparse.Namespace) -> int:
     if not exp.is_dir():
         print(f"asrkd report: {exp} is not a folder")
         return 2
-    results = collect(exp)
     out = args.out or exp / "results.json"
+    refuse_overwrite({"--out": out, "results.md": exp / "results.md", "dev_curves.png": exp / "dev_curves.png"},
+                     {f"{name} checkpoint": _checkpoint_of(exp, name) for name in MODELS})
+    results = collect(exp)
     atomic_write(out, lambda f: f.write(json.dumps(results, indent=2) + "\n"), mode="w")
     md = table(results)
-    (exp / "results.md").write_text(md, encoding="utf-8")
+    write_text(exp / "results.md", md)
     png = exp / "dev_curves.png"
     print(md, end="")
     print(f"wrote {out}, {exp / 'results.md'}" + (f", {png}" if plot(results, png) else ""))

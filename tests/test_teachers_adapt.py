@@ -114,10 +114,13 @@ def test_adapt_unfreezes_top_block_and_respects_budget(corpus, tmp_path):
     assert not torch.equal(sd["encoder.ln_post.weight"], orig["ln_post.weight"])
 
 
-def test_adapt_rejects_bad_teacher(corpus, tmp_path):
+def test_adapt_rejects_bad_teacher(corpus, tmp_path, capsys):
+    argv = ["teacher-adapt", "--teacher", "hf:somewhere", "--train", str(corpus["dev"]), "--tokenizer",
+            str(corpus["tok"]), "--out", str(tmp_path / "x.pt"), "--no-progress"]
+    assert cli_main(argv) == 1
+    assert "expected whisper-tiny.en" in capsys.readouterr().err
     with pytest.raises(ValueError, match="expected whisper-tiny.en"):
-        cli_main(["teacher-adapt", "--teacher", "hf:somewhere", "--train", str(corpus["dev"]), "--tokenizer",
-                  str(corpus["tok"]), "--out", str(tmp_path / "x.pt"), "--no-progress"])
+        cli_main(argv + ["--debug"])
 
 
 # ----------------------------------------------------------------------- log-mel model checkpoints
@@ -176,3 +179,35 @@ def test_feature_model_checkpoint_as_teacher(tmp_path):
                                "tokenizer": tok.to_dict(), "features": None})
     with pytest.raises(ValueError, match="no 'features' config"):
         load_teacher(f"asrkd:{no_feats}")
+
+
+def test_adapt_skips_audio_longer_than_whisper_and_guards_its_outputs(corpus, tmp_path, capsys):
+    """A file that really holds 31 s (its manifest says 3 s) is skipped and counted, not an abort;
+    a tokenizer file left empty by an earlier crash is a clear error; no output may be an input."""
+    rows = corpus["rows"]
+    long_wav = tmp_path / "long.wav"
+    sf.write(long_wav, np.tile(sf.read(rows[0]["audio"], dtype="float32")[0], 20)[: 31 * 16000], 16000)
+    train = tmp_path / "train.jsonl"
+    lines = rows[:3] + [{"id": "liar", "audio": str(long_wav), "duration": 3.0, "text": "the cat"}]
+    train.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "t.pt"
+    argv = ["teacher-adapt", "--train", str(train), "--tokenizer", str(corpus["tok"]), "--out", str(out),
+            "--epochs", "1", "--time-masks", "0", "--threads", "1", "--no-progress"]
+    assert cli_main(argv) == 0
+    skipped = load_checkpoint(out)["adapt"]["skipped_train"]
+    assert sum(skipped.values()) == 1 and ("too_long" in skipped or "duration_mismatch" in skipped), skipped
+    capsys.readouterr()
+
+    empty_tok = tmp_path / "empty_tok.json"
+    empty_tok.write_text("")
+    argv_empty = list(argv)
+    argv_empty[argv_empty.index("--tokenizer") + 1] = str(empty_tok)
+    assert cli_main(argv_empty) == 1
+    err = capsys.readouterr().err
+    assert "empty_tok.json: not a saved asrkd tokenizer" in err and "Traceback" not in err
+
+    before = train.read_bytes()
+    argv_over = list(argv)
+    argv_over[argv_over.index("--out") + 1] = str(train)
+    assert cli_main(argv_over) == 1
+    assert "--out" in capsys.readouterr().err and train.read_bytes() == before

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+KALDI_FILES = ("wav.scp", "text", "segments", "utt2spk", "spk2utt", "reco2dur", "utt2dur", "spk2gender")
 HELP = "import a Kaldi data dir, a LibriSpeech tree or a folder of audio (+ .txt) into a JSONL manifest"
 
 
@@ -32,6 +33,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
+    """The manifest and the report are distinct, and neither replaces a file of the source
+    (``prepare kaldi data/train data/train/text`` would destroy the transcripts it reads)."""
+    from asrkd.atomic import refuse_overwrite
+
+    outputs = {"OUT": args.out, "--report": args.report}
+    refuse_overwrite(outputs, {"--tokenizer": args.tokenizer})
+    src = args.src.resolve()
+    for name, path in outputs.items():
+        if path is not None and path.exists() and path.resolve().is_relative_to(src) and _read_by_import(path):
+            raise ValueError(f"{name} {path} is a file of the source {args.src}: writing it would destroy an input; "
+                             "choose an output path outside it")
+
+
+def _read_by_import(path: Path) -> bool:
+    from .importers import AUDIO_SUFFIXES
+
+    return path.name in KALDI_FILES or path.suffix.lower() in (*AUDIO_SUFFIXES, ".txt")
+
+
 def run(args: argparse.Namespace) -> int:
     from .importers import IMPORTERS, CheckOptions, PrepareError
     from .manifest import manifest_stats, save_manifest
@@ -39,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from .tokenizer import CharTokenizer, load_tokenizer
 
     t0 = time.perf_counter()
+    _refuse_outputs_over_inputs(args)
     if args.no_vocab_check:
         tokenizer = None
     elif args.tokenizer is not None:
@@ -55,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     except (PrepareError, OSError) as err:
         print(f"asrkd prepare: error: {err}", file=sys.stderr)
         return 2
-    save_manifest(args.out, utts)
+    save_manifest(args.out, utts)  # after the import: a failed one leaves an old manifest as it was
     if args.report is not None:
         rejects.write_report(args.report)
     s = manifest_stats(utts)

@@ -33,6 +33,8 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Sequence
 
+from asrkd.atomic import write_text
+
 HELP = "synthesize the offline mini corpus with espeak-ng (train/dev/test manifests, held-out voices)"
 
 SAMPLE_RATE = 16000
@@ -258,7 +260,7 @@ def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *, jobs: 
         "failed": failed,
     }
     if not failed:
-        stamp.write_text(json.dumps({"version": 1, "config": settings, "stats": stats}, indent=1) + "\n")
+        write_text(stamp, json.dumps({"version": 1, "config": settings, "stats": stats}, indent=1) + "\n")
     return stats
 
 

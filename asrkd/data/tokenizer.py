@@ -25,6 +25,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from asrkd.atomic import write_text
+
 BLANK = "<blank>"
 ENGLISH_ALPHABET = "'abcdefghijklmnopqrstuvwxyz"
 
@@ -209,7 +211,7 @@ class CharTokenizer:
         return {"type": self.kind, "tokens": list(self.tokens)}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(self.to_dict(), ensure_ascii=False, indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CharTokenizer":
@@ -302,7 +304,7 @@ class BPETokenizer:
         return {"type": self.kind, "model": base64.b64encode(self._proto).decode("ascii")}
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()) + "\n", encoding="utf-8")
+        write_text(path, json.dumps(self.to_dict()) + "\n")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "BPETokenizer":
@@ -323,7 +325,12 @@ def load_tokenizer(path_or_dict: str | Path | Mapping[str, Any]) -> Tokenizer:
     if isinstance(path_or_dict, Mapping):
         d = path_or_dict
     else:
-        d = json.loads(Path(path_or_dict).read_text(encoding="utf-8"))
+        try:
+            d = json.loads(Path(path_or_dict).read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise TokenizerError(f"{path_or_dict}: not a saved asrkd tokenizer ({err})") from None
+        if not isinstance(d, Mapping):
+            raise TokenizerError(f"{path_or_dict}: not a saved asrkd tokenizer (a JSON object is expected)")
     kind = d.get("type")
     if kind == "char":
         return CharTokenizer.from_dict(d)

@@ -25,6 +25,8 @@ import json
 import re
 from pathlib import Path
 
+from asrkd.atomic import write_text
+
 SCOWL = "/usr/share/dict/american-english-small"
 
 # Words a generated sentence should not contain, and frequent BPE fragments that are rare as words.
@@ -72,7 +74,7 @@ def main() -> None:
     ap.add_argument("--scowl", default=SCOWL)
     args = ap.parse_args()
     words = build(args.size, args.scowl)
-    args.out.write_text(HEADER.format(n=len(words)) + "\n".join(words) + "\n", encoding="utf-8")
+    write_text(args.out, HEADER.format(n=len(words)) + "\n".join(words) + "\n")
     print(f"wrote {len(words)} words to {args.out}")
 
 

@@ -136,6 +136,10 @@ def encode_all(encoder: CachedEncoder, utts: list, max_seconds: float, rejects, 
             if wave.numel() < MIN_SECONDS * 16000:
                 rejects.add(u.id, "too_short", f"{wave.numel()} samples: the Whisper front-end needs {MIN_SECONDS} s")
                 continue
+            if wave.numel() > MAX_SECONDS * 16000:  # the manifest's duration was wrong
+                rejects.add(u.id, "too_long", f"{wave.numel() / 16000:.1f} s of audio: Whisper encodes at most "
+                                              f"{MAX_SECONDS:.0f} s")
+                continue
             loaded.append((u, wave))
         bar.update(seconds)
         if not loaded:
@@ -357,6 +361,11 @@ def _load_model(spec: str, vocab_size: int, args):
 def run(args: argparse.Namespace) -> int:
     from asrkd.checkpoint import save_checkpoint
 
+    from asrkd.atomic import refuse_overwrite
+
+    teacher_path = args.teacher[len("asrkd:"):] if args.teacher.startswith("asrkd:") else args.teacher
+    refuse_overwrite({"--out": args.out, "--tokenizer": args.tokenizer},
+                     {"--train": args.train, "--dev": args.dev, "--teacher": teacher_path})
     t0 = time.monotonic()
     deadline = None if args.minutes is None else t0 + 60.0 * args.minutes
     progress = not args.no_progress

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from asrkd.atomic import atomic_write
+from asrkd.atomic import atomic_write, remove_stale_temporaries, write_text
 from asrkd.cache import CacheKeyError, TeacherCache, teacher_fingerprint, weights_hash
 from asrkd.checkpoint import load_checkpoint, save_checkpoint
 from asrkd.data import (ASRDataset, CharTokenizer, DurationBatchSampler, FeatureConfig, FeaturePipeline,
@@ -48,7 +48,7 @@ from asrkd.students import ARCHS, build_student, count_parameters
 from asrkd.training.config import ConfigError, diff, dump, load_config, validate
 from asrkd.training.distributed import (DistInfo, all_reduce, broadcast_object, gather_objects, init_distributed,
                                         shutdown)
-from asrkd.training.schedule import build_scheduler
+from asrkd.training.schedule import build_scheduler, resume_scheduler
 from asrkd.training.state import SeededItems, capture_rng, restore_rng, seed_everything
 
 HELP = "train a streaming student: CTC + λ·KD from a cached or in-the-loop teacher (DDP via torchrun)"
@@ -87,6 +87,7 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
     exp = Path(cfg["exp_dir"])
     if main:
         exp.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(exp)  # of checkpoint writes a kill interrupted
     log = _Log(exp / "train.log" if main else None)
     amp_dtype = torch.bfloat16 if tr["amp"] == "bf16" or (tr["amp"] == "auto" and device.type == "cuda") else None
     seed = int(cfg["seed"])
@@ -98,8 +99,6 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
             + (f"; config changes: {'; '.join(changed)}" if changed else ""))
     elif main and (exp / "last.pt").exists():
         log(f"note: starting from scratch; the checkpoints in {exp} will be replaced (use --resume to continue)")
-    if main:
-        (exp / "config.yaml").write_text(dump(cfg), encoding="utf-8")
     log(f"world size {ddp.world_size} ({ddp.backend or 'single process'}), device {device}, "
         f"amp {amp_dtype or 'off'}, threads {torch.get_num_threads()}")
 
@@ -107,6 +106,8 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
     rejects = Rejects()
     train_utts = load_manifest(d["train"], rejects)
     train_utts = filter_by_duration(train_utts, d["min_duration"], d["max_duration"], rejects)
+    if not train_utts:
+        raise TrainingError(f"no usable training utterance in {d['train']}\n{rejects.summary()}")
     if ckpt is not None:
         tokenizer = load_tokenizer(ckpt["tokenizer"])
     elif d["tokenizer"]:
@@ -117,8 +118,7 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
     if ckpt is not None:
         cmvn = GlobalCMVN.from_dict(ckpt["cmvn"])
     else:  # computed once (rank 0) and shared: every rank must normalise alike
-        stats = compute_cmvn(train_utts, feat_cfg, max_utterances=d["cmvn_utterances"], rejects=rejects).to_dict() \
-            if main else None
+        stats = _cmvn_stats(train_utts, feat_cfg, d, rejects) if main else None
         cmvn = GlobalCMVN.from_dict(broadcast_object(stats, ddp))
 
     # ---------------------------------------------------------------- teacher: cache or in the loop
@@ -227,16 +227,15 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
     run = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "best": None, "nonfinite_skipped": 0,
            "nonfinite_run": 0, "epoch_stats": _Stats().state(), "elapsed_s": 0.0}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        sampler.load_state_dict(ckpt["sampler"])
-        loss_fn.generator.set_state(ckpt["loss_rng"])
-        run.update({k: ckpt[k] for k in run})
         if len(ckpt["rng"]) != ddp.world_size:
-            raise TrainingError(f"checkpoint saved by {len(ckpt['rng'])} processes, now {ddp.world_size}: "
-                                "resume with the same number of processes")
+            raise TrainingError(f"--resume {resume_from}: saved by {len(ckpt['rng'])} processes, now "
+                                f"{ddp.world_size}: resume with the same number of processes")
+        _load_run_state(resume_from, ckpt, model, optimizer, sampler, loss_fn)
+        resume_scheduler(scheduler, ckpt["step"])
+        run.update({k: ckpt[k] for k in run})
         restore_rng(ckpt["rng"][ddp.rank])  # last: nothing after this may draw from the RNGs before the loop
+    if main:  # only now: a resume that fails above leaves the run's config as it was
+        write_text(exp / "config.yaml", dump(cfg))
     if run["epoch"] >= epochs or (tr["max_steps"] and run["step"] >= tr["max_steps"]):
         log(f"nothing to do: the run already reached epoch {run['epoch']}, step {run['step']}")
         return _summary(run, exp, rejects, t_start)
@@ -447,6 +446,29 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
     return summary
 
 
+def _cmvn_stats(utts, feat_cfg, d: dict[str, Any], rejects: Rejects) -> dict[str, Any]:
+    try:
+        return compute_cmvn(utts, feat_cfg, max_utterances=d["cmvn_utterances"], rejects=rejects).to_dict()
+    except ValueError:  # every utterance it looked at had bad audio
+        raise TrainingError(f"no usable training utterance in {d['train']}: none of those read for the CMVN "
+                            f"statistics (up to data.cmvn_utterances) has readable audio\n{rejects.summary()}") from None
+
+
+def _load_run_state(path, ckpt: dict[str, Any], model, optimizer, sampler, loss_fn) -> None:
+    """Model, optimizer, sampler and loss RNG from a checkpoint; ``TrainingError`` saying what
+    does not fit the current config (model size, data) instead of a state-dict traceback."""
+    parts = (("model", model.load_state_dict, "model (model.arch / model.size / overrides changed?)"),
+             ("optimizer", optimizer.load_state_dict, "optimizer state"),
+             ("sampler", sampler.load_state_dict, "batch order (the training data or batching changed?)"),
+             ("loss_rng", loss_fn.generator.set_state, "loss generator state"))
+    for key, load, what in parts:
+        try:
+            load(ckpt[key])
+        except (KeyError, RuntimeError, ValueError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrainingError(f"--resume {path}: its {what} does not fit this run: {first}") from None
+
+
 # ------------------------------------------------------------------------ evaluation
 
 
@@ -624,16 +646,13 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg, ckpt_path = resolve(args)
-        if args.print_config:
-            print(dump(cfg), end="")
-            return 0
-        train(cfg, ckpt_path)
-    except (ConfigError, CacheKeyError, FileNotFoundError) as err:
+    except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except TrainingError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.print_config:
+        print(dump(cfg), end="")
+        return 0
+    train(cfg, ckpt_path)  # other errors: one line from asrkd.cli
     return 0
 
 

@@ -324,7 +324,7 @@ def test_cli_print_config_and_missing_resume(tmp_path, capsys):
     assert "checkpoint not found" in capsys.readouterr().err
     assert main(["train", "--config", str(conf), "optim.nope=1"]) == 2
     assert "unknown config key 'optim.nope'" in capsys.readouterr().err
-    assert main(["train", "--config", str(conf), "train.progress=false"]) == 2  # t.jsonl does not exist
+    assert main(["train", "--config", str(conf), "train.progress=false"]) == 1  # t.jsonl does not exist
     assert "t.jsonl" in capsys.readouterr().err
     manifest = make_corpus(tmp_path, "utts", 3)
     assert main(["train", "--config", str(conf), f"data.train={manifest}", "loss.kd_weight=1",
@@ -342,3 +342,29 @@ def test_schedules():
     assert noam(99) == pytest.approx(1.0) and noam(399) == pytest.approx(0.5)
     const = LRSchedule("constant", warmup_steps=4, total_steps=10)
     assert [const(i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("content", ["empty", "all_bad_audio", "all_malformed"])
+def test_train_with_nothing_usable_prints_the_reject_table(tmp_path, content, capsys):
+    from asrkd.cli import main as cli_main
+
+    if content == "empty":
+        manifest = tmp_path / "train.jsonl"
+        manifest.write_text("")
+    elif content == "all_bad_audio":
+        manifest = make_corpus(tmp_path, "train", 3, bad={"0": "missing", "1": "corrupt", "2": "corrupt"})
+    else:
+        manifest = tmp_path / "train.jsonl"
+        manifest.write_text("not json\n{\"id\": 3}\n")
+    cfg = base_config(tmp_path, manifest, train={"epochs": 1})
+    conf = tmp_path / "c.yaml"
+    import yaml
+
+    conf.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert cli_main(["train", "--config", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "compute_cmvn" not in err, err
+    assert "error: " in err and "no usable" in err, err
+    if content != "empty":
+        assert "total" in err  # the reject table

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -68,3 +69,75 @@ def test_kill_and_resume_gives_identical_parameters(tmp_path):
             assert torch.equal(sa[i][name], sb[i][name])
     assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+
+
+def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):
+    """1 epoch, then --resume with train.epochs=3: the rate of each later step is the new
+    3-epoch cosine's, not the 1-epoch schedule's floor."""
+    import math
+
+    from asrkd.train import train
+
+    train_m = make_corpus(tmp_path, "train", 12, seed=0)
+    sections = {"data": {"max_seconds": 2.5}, "optim": {"lr": 1e-2, "warmup_steps": 2, "min_lr_ratio": 0.0},
+                "train": {"epochs": 1}}
+    first = train(base_config(tmp_path, train_m, **sections))
+    spe = first["step"]
+    last = tmp_path / "exp" / "last.pt"
+    assert load_checkpoint(last)["optimizer"]["param_groups"][0]["lr"] < 1e-9  # the 1-epoch cosine ends at 0
+
+    longer = base_config(tmp_path, train_m, **{**sections, "train": {"epochs": 3}})
+    result = train(longer, resume_from=last)
+    assert result["step"] == 3 * spe
+
+    def cosine(step: int, total: int) -> float:  # the rate after `step` optimizer steps
+        s = step + 1
+        return 1e-2 * 0.5 * (1 + math.cos(math.pi * min(1.0, (s - 2) / (total - 2))))
+
+    lrs = [h["lr"] for h in result["history"]]
+    assert lrs[0] < 1e-9  # epoch 1 (before the resume) as it was
+    assert lrs[1] == pytest.approx(cosine(2 * spe, 3 * spe), rel=1e-6) and lrs[1] > 1e-3
+    ckpt = load_checkpoint(last)
+    assert ckpt["optimizer"]["param_groups"][0]["initial_lr"] == 1e-2
+
+
+def test_resume_unchanged_config_keeps_the_rate(tmp_path):
+    from asrkd.train import train
+
+    train_m = make_corpus(tmp_path, "train", 12, seed=0)
+    sections = {"data": {"max_seconds": 2.5}, "train": {"epochs": 2, "max_steps": 3}}
+    train(base_config(tmp_path, train_m, **sections))
+    last = tmp_path / "exp" / "last.pt"
+    lr_at_stop = load_checkpoint(last)["optimizer"]["param_groups"][0]["lr"]
+    straight = train(base_config(tmp_path / "s", train_m, **{**sections, "train": {"epochs": 2}}))
+    resumed = train(base_config(tmp_path, train_m, **{**sections, "train": {"epochs": 2}}), resume_from=last)
+    assert resumed["history"][-1]["lr"] == straight["history"][-1]["lr"]
+    assert lr_at_stop > 0
+
+
+def test_incompatible_resume_is_one_line_and_keeps_config_yaml(tmp_path, capsys):
+    import copy
+
+    import yaml as _yaml
+
+    from asrkd.cli import main as cli_main
+    from asrkd.train import train
+
+    train_m = make_corpus(tmp_path, "train", 8, seed=0)
+    cfg = base_config(tmp_path, train_m, train={"epochs": 1})
+    train(cfg)
+    exp = Path(cfg["exp_dir"])
+    config_before = (exp / "config.yaml").read_text()
+    last_before = (exp / "last.pt").read_bytes()
+    bigger = copy.deepcopy(cfg)
+    bigger["model"]["overrides"]["d_model"] = 64
+    bigger["train"]["epochs"] = 2
+    conf = tmp_path / "bigger.yaml"
+    conf.write_text(_yaml.safe_dump(bigger))
+    capsys.readouterr()
+    rc = cli_main(["train", "--config", str(conf), "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    assert "its model (model.arch / model.size / overrides changed?) does not fit this run" in err, err
+    assert (exp / "config.yaml").read_text() == config_before
+    assert (exp / "last.pt").read_bytes() == last_before

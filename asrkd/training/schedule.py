@@ -41,3 +41,19 @@ class LRSchedule:
 def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, total_steps: int,
                     min_lr_ratio: float = 0.0) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, LRSchedule(kind, warmup_steps, total_steps, min_lr_ratio))
+
+
+def resume_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) -> None:
+    """Continue ``scheduler`` (built from the current config) at optimizer step ``step``.
+
+    Used on resume instead of ``load_state_dict``, which would bring back the schedule the run
+    started with (``LambdaLR`` pickles the ``LRSchedule``'s fields): a run resumed with more
+    epochs, another ``optim.lr`` or another warm-up follows the new schedule from the step it
+    reached. With an unchanged config every rate is the same as without the interruption.
+    The optimizer's groups get the rate of that step (``load_state_dict`` of the optimizer
+    restored the old one)."""
+    scheduler.last_epoch = int(step)
+    for group, base, factor in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]

@@ -30,6 +30,7 @@ from asrkd.align import (
     shift_frames,
 )
 from asrkd.ops import kd_kl_div, kd_kl_div_topk
+from asrkd.ops._validate import TEMPERATURE_RANGE
 
 __all__ = [
     "DistillationLoss",
@@ -146,7 +147,7 @@ class DistillationLoss(nn.Module):
 
     Args:
         ctc_weight, kd_weight: λ_ctc, λ_kd >= 0.
-        temperature: KD temperature T > 0.
+        temperature: KD temperature T, in ``asrkd.ops._validate.TEMPERATURE_RANGE`` ([0.001, 100]).
         shift: streaming delay of the teacher, in student frames.
         blank_mode: ``"none"``, ``"threshold"`` or ``"select"``.
         blank_threshold: a frame is blank when the teacher's blank probability exceeds it.
@@ -183,8 +184,9 @@ class DistillationLoss(nn.Module):
         for name, value in (("ctc_weight", ctc_weight), ("kd_weight", kd_weight)):
             if not value >= 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        lo_t, hi_t = TEMPERATURE_RANGE
+        if not lo_t <= temperature <= hi_t:  # what the op accepts: refused here, not at the first step
+            raise ValueError(f"temperature must be in [{lo_t:g}, {hi_t:g}], got {temperature}")
         if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
             raise ValueError(f"shift must be an int >= 0 (student frames), got {shift!r}")
         if blank_mode not in BLANK_MODES:

@@ -24,8 +24,9 @@ KdKlArgs check_common(const at::Tensor& student, const std::optional<at::Tensor>
               "asrkd: student must be float32/float64/float16/bfloat16, got ", student.scalar_type());
   TORCH_CHECK(student.size(2) >= 1, "asrkd: student must have V >= 1, got ", student.sizes());
   TORCH_CHECK(student.size(2) == 1 || student.stride(2) == 1, "asrkd: student's last (V) dimension must be contiguous");
-  TORCH_CHECK(std::isfinite(temperature) && temperature > 0,
-              "asrkd: temperature must be a finite number > 0, got ", temperature);
+  TORCH_CHECK(temperature >= kMinTemperature && temperature <= kMaxTemperature,  // NaN fails too
+              "asrkd: temperature must be a finite number in [", kMinTemperature, ", ", kMaxTemperature, "], got ",
+              temperature);
   KdKlArgs a;
   a.B = student.size(0);
   a.T = student.size(1);
@@ -135,7 +136,7 @@ at::Tensor reduction_scale(const KdKlArgs& a, const at::Tensor& student, const s
     at::Tensor w = weights->to(acc);
     if (lengths.has_value()) {
       const at::Tensor mask = at::arange(a.T, lengths->options()).unsqueeze(0) < lengths->unsqueeze(1);
-      w = w * mask;
+      w = at::where(mask, w, at::zeros({}, opts));  // not w * mask: NaN · 0 in padding would leak
     }
     denom = w.sum();
   }

@@ -573,3 +573,10 @@ def test_ctc_resampling_keeps_spikes():
     idx = torch.arange(3).expand(1, 6, 3)
     topk, _ = resample_topk(idx, p.log(), 3, from_rate=50, to_rate=25, method="ctc", blank_id=blank)
     torch.testing.assert_close(topk.exp(), ctc.exp())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1e-4, 200.0, 1e30, float("nan"), float("inf")])
+def test_distillation_loss_refuses_a_temperature_the_op_refuses(temperature):
+    """At construction (a config error), not at the first training step."""
+    with pytest.raises(ValueError, match=r"temperature must be in \[0.001, 100\]"):
+        DistillationLoss(temperature=temperature)

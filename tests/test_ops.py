@@ -380,8 +380,8 @@ def test_topk_tail_semantics_by_hand():
     p = torch.tensor([0.2, 0.15, 0.5, 0.15])
     expected = float((p * (p.log() - math.log(0.25))).sum())
     assert abs(float(ops.kd_kl_div_topk(student, idx, lp)) - expected) < 1e-6
-    # Mass rounding above 1 leaves no tail mass (never a negative probability).
-    lp_over = torch.log(torch.tensor([[[0.8, 0.3]]]))
+    # Mass rounding above 1 (within the tolerance) leaves no tail mass (never a negative probability).
+    lp_over = torch.log(torch.tensor([[[0.7, 0.305]]]))
     assert torch.isfinite(ops.kd_kl_div_topk(student, idx, lp_over))
 
 
@@ -405,8 +405,8 @@ def test_bad_inputs_raise_clear_errors():
     _bad(f, TypeError, "lengths must be an integer tensor", s, t, torch.tensor([5.0, 3.0]))
     _bad(f, ValueError, r"lengths must lie in \[0, T=5\]", s, t, torch.tensor([6, 3]))
     _bad(f, ValueError, r"lengths must lie in \[0, T=5\]", s, t, torch.tensor([-1, 3]))
-    _bad(f, ValueError, "temperature must be a finite number > 0", s, t, temperature=0.0)
-    _bad(f, ValueError, "temperature must be a finite number > 0", s, t, temperature=-1.0)
+    _bad(f, ValueError, r"temperature must be a finite number in \[0\.001, 100\]", s, t, temperature=0.0)
+    _bad(f, ValueError, r"temperature must be a finite number in \[0\.001, 100\]", s, t, temperature=-1.0)
     _bad(f, ValueError, "reduction must be one of", s, t, reduction="avg")
     _bad(f, ValueError, "weights must have shape", s, t, weights=torch.ones(2, 4))
     _bad(f, ValueError, "teacher is on meta", s, t.to("meta"))
@@ -421,7 +421,7 @@ def test_bad_inputs_raise_clear_errors():
     _bad(g, ValueError, "distinct", s, dup, lp)
     _bad(g, ValueError, "1 <= K <= V", s, torch.zeros(2, 5, 30, dtype=torch.long), torch.zeros(2, 5, 30))
     # The raw op checks too (for callers of torch.ops.asrkd directly).
-    with pytest.raises(RuntimeError, match="temperature must be a finite number > 0"):
+    with pytest.raises(RuntimeError, match=r"temperature must be a finite number in \[0\.001, 100\]"):
         torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, 0.0, "mean", False)
     with pytest.raises(RuntimeError, match="reduction must be one of"):
         torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, 1.0, "avg", False)
@@ -496,3 +496,267 @@ def test_reference_fallback_warns_once(monkeypatch):
         ops.kd_kl_div(s, t)
     assert len([w for w in rec if "reference" in str(w.message)]) == 1
     torch.testing.assert_close(a, ref.kd_kl_div(s, t))
+
+
+# --- edge cases: the compiled op and the reference must agree ----------------------------------
+# Without the extension the package silently runs the reference, so every edge case runs both
+# implementations and compares each with the fp64 reference on inputs it handles cleanly.
+
+IMPLS = ("fused", "reference")
+EDGE_DTYPES = (torch.float32, torch.bfloat16, torch.float64)
+NAN, INF = float("nan"), float("inf")
+
+
+def _impl(name, topk=False):
+    if name == "fused":
+        assert ops.extension_available(), ops.extension_info()
+        return ops.kd_kl_div_topk if topk else ops.kd_kl_div
+    return ref.kd_kl_div_topk if topk else ref.kd_kl_div
+
+
+def _edge_tols(dtype):
+    """(rtol, atol) for losses and for gradients (the latter's atol relative to max |grad|)."""
+    if dtype == torch.float64:
+        return (1e-9, 1e-12), (1e-9, 1e-12)
+    if dtype == torch.float32:
+        return (1e-4, 1e-5), (1e-4, 1e-5)
+    eps = torch.finfo(dtype).eps  # inputs are rounded alike; what is left is accumulation
+    return (1e-4, 1e-4), (2 * eps, 2 * eps)
+
+
+def _ref64(fn, s, *args, **kw):
+    """fp64 reference loss and student gradient (sum over frames for reduction "none")."""
+    x = s.detach().double().requires_grad_()
+    loss = fn(x, *[a.detach().double() if a.is_floating_point() else a for a in args], **kw)
+    (loss.sum() if loss.dim() else loss).backward()
+    return loss.detach(), x.grad
+
+
+def _agree(got, want, tols, what, scale=None):
+    """Same NaN positions, the rest within tolerance (atol relative to `scale` when given)."""
+    rtol, atol = tols
+    if scale is not None:
+        atol = atol * float(scale)
+    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def _finite_max(x):
+    return x[torch.isfinite(x)].abs().max()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", EDGE_DTYPES)
+def test_teacher_and_weights_are_constants_in_both(impl, dtype):
+    """The op is differentiable w.r.t. the student only: a teacher computed from the student
+    (or a teacher / weights / top-k log-probs that require grad) get no gradient and do not
+    change the student's gradient."""
+    B, T, V, K = 2, 4, 29, 5
+    s, noise = _inputs(B, T, V, dtype=dtype)
+    lens = torch.tensor([4, 3])
+    w0 = torch.rand(B, T, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    (ltol, gtol) = _edge_tols(dtype)
+    fn, fn_topk = _impl(impl), _impl(impl, topk=True)
+
+    x = s.clone().requires_grad_()
+    w = w0.clone().requires_grad_()
+    teacher = x * 0.5 + noise  # teacher = f(student)
+    loss = fn(x, teacher, lens, weights=w, temperature=2.0)
+    loss.backward()
+    want, want_grad = _ref64(ref.kd_kl_div, s, teacher.detach(), lens, weights=w0.double(), temperature=2.0)
+    assert w.grad is None
+    _agree(loss.detach(), want, ltol, "dense loss")
+    _agree(x.grad, want_grad, gtol, "dense student grad", want_grad.abs().max())
+
+    t_leaf = noise.clone().requires_grad_()
+    fn(s.clone().requires_grad_(), t_leaf, lens, temperature=2.0).backward()
+    assert t_leaf.grad is None
+
+    idx = torch.topk(noise.float(), K, dim=-1).indices
+    x = s.clone().requires_grad_()
+    lp = torch.log_softmax(x.double() * 0.5 + noise.double(), -1).gather(-1, idx)  # f(student) again
+    lp = lp.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    loss = fn_topk(x, idx, lp, lens, weights=w, temperature=2.0)
+    loss.backward()
+    want, want_grad = _ref64(ref.kd_kl_div_topk, s, idx, lp.detach(), lens, weights=w0.double(), temperature=2.0)
+    assert w.grad is None
+    _agree(loss.detach(), want, ltol, "top-k loss")
+    _agree(x.grad, want_grad, gtol, "top-k student grad", want_grad.abs().max())
+    lp_leaf = lp.detach().clone().requires_grad_()
+    fn_topk(s.clone().requires_grad_(), idx, lp_leaf, lens, temperature=2.0).backward()
+    assert lp_leaf.grad is None
+
+
+def _expected_with_nan_frames(want_loss, want_grad, frames):
+    want_loss, want_grad = want_loss.clone(), want_grad.clone()
+    for b, t in frames:
+        want_grad[b, t] = NAN
+        if want_loss.dim():
+            want_loss[b, t] = NAN
+    if want_loss.dim() == 0 and frames:
+        want_loss.fill_(NAN)
+    return want_loss, want_grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", EDGE_DTYPES)
+@pytest.mark.parametrize("V", (29, 500))  # CPU kernel: frame in registers / row buffer
+@pytest.mark.parametrize("bad", (NAN, INF))
+def test_non_finite_teacher_frame_gives_nan_in_both(device, impl, dtype, V, bad):
+    """A NaN or +inf teacher value makes that frame's loss and gradient row NaN (and so the
+    reduced loss); other frames are unaffected; -inf teacher logits (probability 0) stay
+    finite; padded and zero-weight frames contribute nothing whatever they hold."""
+    B, T = 2, 5
+    s, t = _inputs(B, T, V, dtype=dtype, device=device)
+    t[0, 2, ::4] = -INF  # legitimate probability 0
+    lens = torch.tensor([5, 3], device=device)
+    w = torch.rand(B, T, device=device)
+    w[0, 4] = 0.0
+    w[1, 4] = NAN  # a padded frame's weight is never read either (nor summed into the mean)
+    ds, dt = s.clone(), t.clone()
+    dt[0, 1, 7] = bad  # valid frame
+    ds[1, 4], dt[1, 4] = NAN, NAN  # padded frame
+    ds[0, 4, 0], dt[0, 4, 3] = NAN, NAN  # zero-weight frame
+    dt[1, 0, :] = -INF  # a teacher row of only -inf has no distribution: NaN as well
+    (ltol, gtol) = _edge_tols(dtype)
+    fn = _impl(impl)
+    for reduction in REDUCTIONS:
+        kw = {"temperature": 2.0, "weights": w, "reduction": reduction}
+        want_loss, want_grad = _ref64(ref.kd_kl_div, s, t, lens, **kw)  # clean inputs
+        want_loss, want_grad = _expected_with_nan_frames(want_loss, want_grad, [(0, 1), (1, 0)])
+        loss, grad = _fused_and_grad(fn, ds, dt, lens, **kw)
+        _agree(loss, want_loss, ltol, f"loss {reduction}")
+        _agree(grad, want_grad, gtol, f"grad {reduction}", _finite_max(want_grad))
+        assert torch.isfinite(grad[0, 2]).all() and torch.all(grad[1, 3:] == 0) and torch.all(grad[0, 4] == 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", EDGE_DTYPES)
+def test_topk_non_finite_teacher_frame_gives_nan_in_both(device, impl, dtype):
+    """Top-k: a NaN log-prob makes its frame NaN; -inf log-probs are probability 0 (with K < V a
+    frame of only -inf is the uniform tail); with K = V a frame of only -inf is NaN; padded and
+    zero-weight frames contribute nothing."""
+    B, T, V = 2, 5, 29
+    s, t = _inputs(B, T, V, dtype=dtype, device=device)
+    lens = torch.tensor([5, 3], device=device)
+    w = torch.rand(B, T, device=device)
+    w[0, 4] = 0.0
+    w[1, 4] = NAN
+    (ltol, gtol) = _edge_tols(dtype)
+    fn = _impl(impl, topk=True)
+    lp_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    for K in (6, V):
+        idx, lp = _topk(t, K)
+        lp = lp.to(lp_dtype)
+        lp[0, 2, 3:] = -INF  # probability 0
+        lp[0, 3, :] = -INF  # K < V: all mass in the tail; K = V: no distribution
+        nan_frames = [(0, 1)] + ([(0, 3)] if K == V else [])
+        clean_lp = lp.clone()
+        if K == V:
+            clean_lp[0, 3] = torch.log_softmax(torch.randn(K, dtype=lp_dtype, device=device), -1)
+        dlp, ds = lp.clone(), s.clone()
+        dlp[0, 1, 2] = NAN
+        dlp[1, 4], ds[1, 4] = NAN, NAN  # padded frame
+        dlp[0, 4, 0], ds[0, 4, 1] = NAN, NAN  # zero-weight frame
+        for reduction in REDUCTIONS:
+            kw = {"temperature": 2.0, "weights": w, "reduction": reduction}
+            want_loss, want_grad = _ref64(ref.kd_kl_div_topk, s, idx, clean_lp, lens, **kw)
+            want_loss, want_grad = _expected_with_nan_frames(want_loss, want_grad, nan_frames)
+            loss, grad = _fused_and_grad(fn, ds, idx, dlp, lens, **kw)
+            _agree(loss, want_loss, ltol, f"K={K} loss {reduction}")
+            _agree(grad, want_grad, gtol, f"K={K} grad {reduction}", _finite_max(want_grad))
+            assert torch.all(grad[1, 3:] == 0) and torch.all(grad[0, 4] == 0)
+
+
+TEMPERATURE_MSG = r"temperature must be a finite number in \[0\.001, 100\]"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("temperature", (1e30, 101.0, 1e-4, 1e-30, 0.0, -1.0, NAN, INF))
+def test_temperature_out_of_range_is_rejected_by_both(impl, temperature):
+    s, t = _inputs(2, 3, 29)
+    idx, lp = _topk(t, 4)
+    _bad(_impl(impl), ValueError, TEMPERATURE_MSG, s, t, temperature=temperature)
+    _bad(_impl(impl, topk=True), ValueError, TEMPERATURE_MSG, s, idx, lp.float(), temperature=temperature)
+    if impl == "fused":  # a direct op call (or torch.compile) skips the Python checks
+        with pytest.raises(RuntimeError, match=TEMPERATURE_MSG):
+            torch.ops.asrkd.kd_kl_div_fwd(s, t, None, None, temperature, "mean", True)
+        with pytest.raises(RuntimeError, match=TEMPERATURE_MSG):
+            torch.ops.asrkd.kd_kl_div_topk_fwd(s, idx, lp.float(), None, None, temperature, "mean", True)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", EDGE_DTYPES)
+@pytest.mark.parametrize("temperature", (1e-3, 100.0))
+def test_temperature_at_the_bounds_is_finite_in_both(impl, dtype, temperature):
+    s, t = _inputs(2, 4, 500, dtype=dtype)
+    idx, lp = _topk(t, 16)
+    lp = lp.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    (ltol, gtol) = _edge_tols(dtype)
+    if temperature > 1 and dtype != torch.float64:
+        # T² · KL with KL ~ 1/T²: the fp32 loss loses ~T²·eps of relative accuracy (~1e-4 at the bound).
+        ltol = (1e-3, 1e-5)
+    for fn_name, args in (("dense", (t,)), ("topk", (idx, lp))):
+        topk = fn_name == "topk"
+        loss, grad = _fused_and_grad(_impl(impl, topk), s, *args, temperature=temperature)
+        want, want_grad = _ref64(ref.kd_kl_div_topk if topk else ref.kd_kl_div, s, *args, temperature=temperature)
+        assert torch.isfinite(loss) and torch.isfinite(grad).all(), (fn_name, loss)
+        _agree(loss, want, ltol, f"{fn_name} loss")
+        _agree(grad, want_grad, gtol, f"{fn_name} grad", want_grad.abs().max())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_topk_logprob_above_zero_or_mass_above_one_is_rejected_by_both(impl):
+    s, t = _inputs(2, 5, 29)
+    idx, lp = _topk(t, 3)
+    lp = lp.float()
+    fn = _impl(impl, topk=True)
+    for value in (0.01, INF):
+        pos = lp.clone()
+        pos[1, 2, 0] = value
+        _bad(fn, ValueError, r"topk_logprob must be log-probabilities <= 0 .*frame \(1, 2\)", s, idx, pos)
+    over = lp.clone()
+    over[0, 3] = torch.log(torch.tensor([0.8, 0.3, 0.01]))  # each <= 0, mass 1.11
+    msg = r"topk_logprob's probabilities must sum to at most 1 .*got 1\.11 at frame \(0, 3\)"
+    _bad(fn, ValueError, msg, s, idx, over)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", EDGE_DTYPES)
+def test_topk_rounding_within_tolerance_is_accepted_by_both(impl, dtype):
+    s, t = _inputs(2, 5, 29, dtype=dtype)
+    idx, lp = _topk(t, 3)
+    lp = lp.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    lp[0, 3] = torch.log(torch.tensor([1.0005, 0.004, 0.001], dtype=lp.dtype))  # mass 1.0055: no tail
+    # fp16 rounding of a uniform top-200 (what collate_teacher pads with) lands above 1 too.
+    idx_u = torch.arange(200).expand(2, 5, 200)
+    lp_u = torch.full((2, 5, 200), -math.log(200)).half()
+    assert float(lp_u[0, 0].double().exp().sum()) > 1.001
+    s_u, _ = _inputs(2, 5, 300, dtype=dtype)
+    (ltol, gtol) = _edge_tols(dtype)
+    for ss, ii, ll in ((s, idx, lp), (s_u, idx_u, lp_u)):
+        loss, grad = _fused_and_grad(_impl(impl, topk=True), ss, ii, ll, temperature=2.0, reduction="none")
+        want, want_grad = _ref64(ref.kd_kl_div_topk, ss, ii, ll, temperature=2.0, reduction="none")
+        assert torch.isfinite(loss).all()
+        _agree(loss, want, ltol, "loss")
+        _agree(grad, want_grad, gtol, "grad", want_grad.abs().max())
+
+
+def test_topk_logprob_is_checked_inside_the_op():
+    # torch.compile and direct op calls skip the Python checks; the kernel refuses too.
+    s, t = _inputs(2, 5, 29)
+    idx, lp = _topk(t, 3)
+    pos = lp.float()
+    pos[1, 2, 0] = 0.01
+    with pytest.raises(RuntimeError, match=r"topk_logprob holds .* > 0 .*frame \(1, 2\)"):
+        torch.ops.asrkd.kd_kl_div_topk_fwd(s, idx, pos, None, None, 1.0, "mean", True)
+    over = lp.float()
+    over[0, 3] = torch.log(torch.tensor([0.8, 0.3, 0.01]))
+    with pytest.raises(RuntimeError, match=r"topk_logprob's probabilities sum to .* > 1 .*frame \(0, 3\)"):
+        torch.ops.asrkd.kd_kl_div_topk_fwd(s, idx, over, None, None, 1.0, "mean", True)
+    # padded frames are never read
+    lens = torch.tensor([5, 2])
+    loss = torch.ops.asrkd.kd_kl_div_topk_fwd(s, idx, pos, lens, None, 1.0, "mean", True)[0]
+    assert torch.isfinite(loss)

@@ -117,13 +117,17 @@ def kd_kl_div(
         student: (B, T, V) logits, float32/float64/bfloat16/float16. Any strides on B and
             T (a time-major (T, B, V) tensor viewed with ``.transpose(0, 1)`` is not copied);
             V must be contiguous or the tensor is copied once.
-        teacher: (B, T, V) logits of any float dtype; a constant (gets no gradient).
+        teacher: (B, T, V) logits of any float dtype; a constant (gets no gradient). ``-inf`` is
+            probability 0; a valid frame with NaN or +inf in the student or the teacher (or only
+            ``-inf``) has no distribution: its loss and gradient row are NaN, and so is the reduced loss.
         lengths: (B,) integer count of valid frames per utterance (CPU or the student's
             device); None means every frame is valid. Padded frames contribute nothing.
-        temperature: T > 0. The T² factor keeps gradient magnitudes comparable across T.
+        temperature: T in [1e-3, 100]. The T² factor keeps gradient magnitudes comparable across
+            T; beyond 100 the fp32 loss loses accuracy (~T²·eps relative), so it is refused.
         reduction: ``"mean"`` (Σ w·loss / Σ w over valid frames, 0 for an all-masked batch),
             ``"sum"``, ``"batchmean"`` (sum / B) or ``"none"`` (per-frame (B, T), 0 at padding).
-        weights: optional (B, T) per-frame weights (e.g. blank-aware KD); a constant.
+        weights: optional (B, T) per-frame weights (e.g. blank-aware KD); a constant, read as
+            float32. Zero-weight frames, like padded ones, are never read.
 
     Returns:
         Scalar (or (B, T) for ``"none"``) in float32, float64 for float64 students.
@@ -168,7 +172,10 @@ def kd_kl_div_topk(
     Args:
         student: (B, T, V) logits.
         topk_idx: (B, T, K) int64/int32/int16 token ids, distinct within each frame.
-        topk_logprob: (B, T, K) teacher log-probabilities (any float dtype, fp16 in caches).
+        topk_logprob: (B, T, K) teacher log-probabilities (any float dtype, fp16 in caches); a
+            constant. Each must be <= 0 and their probabilities sum to <= 1 per frame, up to 1e-3
+            and 1e-2 for rounding (ValueError naming the frame; an asynchronous device assert on
+            CUDA, and a check in the kernels for direct op calls). NaN gives a NaN frame.
         lengths, temperature, reduction, weights: as in :func:`kd_kl_div`.
     """
     check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction)

@@ -1,8 +1,10 @@
 """Argument checks and reductions shared by the fused op and the reference.
 
 Errors name the argument and the reason. Value checks that would need a host
-synchronisation on an accelerator (lengths range, top-k ids) run on the CPU eagerly and
-as ``torch._assert_async`` on other devices; they are skipped while torch.compile traces.
+synchronisation on an accelerator (lengths range, top-k ids and log-probs) run on the CPU
+eagerly and as ``torch._assert_async`` on other devices; they are skipped while
+torch.compile traces (the kernels check temperature, top-k ids and log-probs themselves).
+The bounds below are repeated in csrc/kd_kl.h.
 """
 
 from __future__ import annotations
@@ -11,6 +13,13 @@ import torch
 
 REDUCTIONS = ("mean", "sum", "batchmean", "none")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+# T² · KL with KL ~ 1/T² loses ~T²·eps of relative accuracy in fp32 (1e-4 at T = 100, ~1 % at
+# 1000, NaN at 1e30); 1/T <= 1000 keeps logits / T finite for any logit below 3e35.
+TEMPERATURE_RANGE = (1e-3, 100.0)
+# Stored log-probs are rounded (fp16 in caches): a value near 0 may come out a hair above it, and
+# the K probabilities may sum a little above 1 (fp16: up to ~0.4 %); more than that is not rounding.
+TOPK_LOGPROB_TOL = 1e-3
+TOPK_MASS_TOL = 1e-2
 
 
 def _is_compiling() -> bool:
@@ -33,8 +42,9 @@ def _check_common(student, lengths, weights, temperature, reduction) -> None:
         raise ValueError(f"student must have a vocabulary dimension V >= 1, got shape {tuple(student.shape)}")
     if isinstance(temperature, torch.Tensor) or not isinstance(temperature, (int, float)):
         raise TypeError(f"temperature must be a Python number, got {type(temperature).__name__}")
-    if not temperature > 0 or temperature == float("inf"):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+    lo, hi = TEMPERATURE_RANGE
+    if not lo <= temperature <= hi:  # NaN fails too
+        raise ValueError(f"temperature must be a finite number in [{lo:g}, {hi:g}], got {temperature}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if lengths is not None:
@@ -115,6 +125,33 @@ def check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, r
     else:
         torch._assert_async(in_range, f"topk_idx must lie in [0, V={V})")
         torch._assert_async(distinct, "topk_idx must hold distinct token ids within each frame")
+    _check_topk_logprob(topk_logprob)
+
+
+def _check_topk_logprob(topk_logprob) -> None:
+    """Log-probs <= 0 and a mass <= 1 per frame, up to rounding. NaN passes: like a NaN dense
+    teacher it makes its frame's loss NaN (the kernels never read padded frames)."""
+    lp = topk_logprob.detach()
+    lp = lp.to(torch.float64 if lp.dtype == torch.float64 else torch.float32)
+    above = lp > TOPK_LOGPROB_TOL
+    mass = lp.exp().sum(-1)
+    over = mass > 1.0 + TOPK_MASS_TOL
+    if lp.device.type != "cpu":
+        torch._assert_async(~above.any(), f"topk_logprob must be log-probabilities <= 0 (+{TOPK_LOGPROB_TOL:g})")
+        torch._assert_async(~over.any(), f"topk_logprob's probabilities must sum to at most 1 (+{TOPK_MASS_TOL:g})")
+        return
+    if bool(above.any()):
+        b, t, k = (int(i) for i in above.nonzero()[0])
+        raise ValueError(
+            f"topk_logprob must be log-probabilities <= 0 (up to {TOPK_LOGPROB_TOL:g} for rounding), got "
+            f"{float(lp[b, t, k]):g} at frame ({b}, {t})"
+        )
+    if bool(over.any()):
+        b, t = (int(i) for i in over.nonzero()[0])
+        raise ValueError(
+            f"topk_logprob's probabilities must sum to at most 1 (up to {TOPK_MASS_TOL:g} over for rounding) "
+            f"per frame, got {float(mass[b, t]):.4g} at frame ({b}, {t})"
+        )
 
 
 def valid_mask(lengths, B: int, T: int, device) -> torch.Tensor:

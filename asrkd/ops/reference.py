@@ -4,6 +4,12 @@ Same signatures and semantics as :func:`asrkd.ops.kd_kl_div` and
 :func:`asrkd.ops.kd_kl_div_topk`; used when the compiled extension is missing, for
 devices it has no kernel for, and as the ground truth in tests (called on fp64 inputs).
 It materialises several (B, T, V) intermediates, which is what the fused op avoids.
+
+It follows the kernels in every edge case, since the package silently falls back to it:
+only the student is differentiated (teacher, weights and top-k log-probs are constants);
+a frame whose student or teacher holds NaN or +inf (or only -inf) has no distribution and
+gives a NaN loss and a NaN gradient row; padded and zero-weight frames are never read; the
+weights are used in float32, as the op takes them.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ def kd_kl_div(
         student: (B, T, V) float logits; the loss is differentiable w.r.t. them.
         teacher: (B, T, V) float logits (any float dtype); treated as a constant.
         lengths: (B,) int, valid frames per utterance; None means all frames are valid.
-        temperature: T > 0.
+        temperature: T in [1e-3, 100] (see :func:`asrkd.ops.kd_kl_div`).
         reduction: "mean" (Σ w·loss over valid frames / Σ w over valid frames; 0 when
             that is 0), "sum", "batchmean" (sum / B) or "none" ((B, T), 0 at padding).
         weights: optional (B, T) per-frame weights multiplying each frame's loss.
@@ -43,26 +49,44 @@ def kd_kl_div(
         A scalar, or (B, T) for ``reduction="none"``; float32 (float64 for fp64 students).
     """
     check_dense(student, teacher, lengths, weights, temperature, reduction)
-    per_frame, mask = _dense_per_frame(student, teacher, lengths, weights, temperature)
+    weights = _constant_weights(weights, student)
+    per_frame, mask = _dense_per_frame(student, teacher.detach(), lengths, weights, temperature)
     return reduce_frames(per_frame, mask, lengths, weights, reduction)
+
+
+def _constant_weights(weights, student):
+    # A constant, in float32 as the op reads it (fp64 weights would differ in the 8th digit).
+    if weights is None:
+        return None
+    return weights.detach().to(torch.float32).to(_compute_dtype(student))
 
 
 def _dense_per_frame(student, teacher, lengths, weights, temperature):
     B, T, _ = student.shape
     dtype = _compute_dtype(student)
+    zero = torch.zeros((), dtype=dtype, device=student.device)
     mask = valid_mask(lengths, B, T, student.device)
-    # Padded frames may hold anything (even NaN); zero them so nothing leaks into grads.
-    s = torch.where(mask[..., None], student.to(dtype), 0.0) / temperature
-    t = torch.where(mask[..., None], teacher.to(dtype), 0.0) / temperature
+    # Frames the kernels skip unread (padding, zero weight) may hold anything, even NaN.
+    active = mask if weights is None else mask & (torch.where(mask, weights, zero) != 0)
+    s = student.to(dtype) / temperature
+    t = teacher.to(dtype) / temperature
+    # As in the kernels: a row max that is not finite (NaN, +inf, or all -inf) means no distribution.
+    undefined = active & ~(torch.isfinite(s.detach().amax(-1)) & torch.isfinite(t.amax(-1)))
+    ok = (active & ~undefined)[..., None]
+    s, t = torch.where(ok, s, zero), torch.where(ok, t, zero)  # nothing non-finite reaches autograd
     log_q = torch.log_softmax(s, dim=-1)
     log_p = torch.log_softmax(t, dim=-1)
     p = log_p.exp()
     # 0 · log 0 = 0: teacher tokens with probability 0 (e.g. -inf logits) contribute nothing.
-    kl = torch.where(p > 0, p * (log_p - log_q), torch.zeros((), dtype=dtype, device=s.device))
+    kl = torch.where(p > 0, p * (log_p - log_q), zero)
     per_frame = kl.sum(-1) * (temperature**2)
     if weights is not None:
-        per_frame = per_frame * weights.to(dtype)
-    per_frame = torch.where(mask, per_frame, torch.zeros((), dtype=dtype, device=s.device))
+        per_frame = per_frame * torch.where(active, weights, zero)
+    # The kernels' NaN loss and NaN gradient row for an undefined frame (d(c·Σs)/ds = c = NaN);
+    # c is 0 elsewhere, so no NaN reaches any other frame's gradient.
+    nan_or_0 = torch.where(undefined, torch.full((), float("nan"), dtype=dtype, device=zero.device), zero)
+    per_frame = torch.where(undefined, student.to(dtype).sum(-1) * nan_or_0, per_frame)
+    per_frame = torch.where(active, per_frame, zero)
     return per_frame, mask
 
 
@@ -108,6 +132,7 @@ def kd_kl_div_topk(
         lengths, temperature, reduction, weights: as in :func:`kd_kl_div`.
     """
     check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction)
-    dense = topk_to_dense_logprobs(topk_idx, topk_logprob, student.shape[-1])
+    weights = _constant_weights(weights, student)
+    dense = topk_to_dense_logprobs(topk_idx, topk_logprob.detach(), student.shape[-1])
     per_frame, mask = _dense_per_frame(student, dense, lengths, weights, temperature)
     return reduce_frames(per_frame, mask, lengths, weights, reduction)

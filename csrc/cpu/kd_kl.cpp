@@ -364,11 +364,15 @@ void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at
       for (int64_t k = 0; k < K; ++k) {
         // Python validates the ids, but not under torch.compile nor for a direct op call
         TORCH_CHECK(idx[k] >= 0 && idx[k] < V, "asrkd: topk_idx holds ", idx[k], ", outside [0, V=", V, ")");
-        bad |= std::isnan(lp[k]);
+        TORCH_CHECK(!(lp[k] > kTopkLogprobTol), "asrkd: topk_logprob holds ", lp[k], " > 0 (tolerance ",
+                    kTopkLogprobTol, ") at frame (", b, ", ", t, ")");
+        bad |= std::isnan(lp[k]);  // NaN: no distribution, a NaN frame as for a dense teacher
         mass += std::exp(static_cast<double>(lp[k]));
         y[k] = static_cast<double>(lp[k]) * inv_t;
         mt = std::max(mt, y[k]);
       }
+      TORCH_CHECK(!(mass > 1.0 + kTopkMassTol), "asrkd: topk_logprob's probabilities sum to ", mass,
+                  " > 1 (tolerance ", kTopkMassTol, ") at frame (", b, ", ", t, ")");
       const double rest = std::max(1.0 - mass, 0.0);
       const double y_tail = (n_tail > 0 && rest > 0) ? (std::log(rest) - std::log(double(n_tail))) * inv_t : ninf;
       mt = std::max(mt, y_tail);

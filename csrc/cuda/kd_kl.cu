@@ -382,11 +382,14 @@ __global__ void __launch_bounds__(block_threads<G>()) topk_rows_kernel(const Top
     // Python validates the ids, but not under torch.compile nor for a direct op call: an id
     // out of range would write outside the gradient, so it stops the kernel (like an index_select).
     CUDA_KERNEL_ASSERT(idx[k] >= 0 && idx[k] < p.V);
+    // As the CPU kernel refuses it: a log-prob above 0 (NaN passes and gives a NaN frame).
+    CUDA_KERNEL_ASSERT(!(lp[k] > static_cast<acc_t>(kTopkLogprobTol)));
     m[1] = nan_max(m[1], lp[k] * p.inv_t);
     mass[0] += exp(lp[k]);
   }
   group_reduce<G>(m, smem, MaxOp{});
   group_reduce<G>(mass, smem, SumOp{});
+  CUDA_KERNEL_ASSERT(!(mass[0] > acc_t(1) + static_cast<acc_t>(kTopkMassTol)));  // a mass above 1
   const acc_t rest = mass[0] < acc_t(1) ? acc_t(1) - mass[0] : acc_t(0);
   const acc_t y_tail = (n_tail > 0 && rest > 0) ? (log(rest) - log(static_cast<acc_t>(n_tail))) * p.inv_t : neg_inf<acc_t>();
   const acc_t mt = nan_max(m[1], y_tail);

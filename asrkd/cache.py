@@ -2,8 +2,9 @@
 
 ``asrkd cache-teacher --teacher SPEC --manifest M.jsonl --out DIR [--topk K]`` writes::
 
-    DIR/index.json        the key and its parts (teacher, settings, manifest), the shard plan,
-                          per utterance its shard, frame count and entry fingerprint, the rejects
+    DIR/index.json        the key and its parts (teacher, settings, manifest), the shard plan
+                          (per shard its ids, and once written its size and SHA-256), per
+                          utterance its shard, frame count and entry fingerprint, the rejects
     DIR/shard-00000.pt    ids, frame counts, offsets and the outputs of up to --shard-size
     DIR/shard-00001.pt    utterances, concatenated over frames
     ...
@@ -28,10 +29,23 @@ utterances each). Every shard is written to a temporary file and renamed, then t
 rewritten the same way with that shard marked done, so after a kill the finished shards are
 kept and the partial one is redone by running the same command again.
 
+**Integrity.** Each finished shard's size and the SHA-256 of the bytes written (hashed as
+they are written) go into the index. :meth:`TeacherCache.open` (so ``asrkd train``, before
+its first step) and every ``cache-teacher`` run re-hash all shards in 1 MiB blocks (about
+0.2 s per 300 MB from the page cache; otherwise disk bound): a shard that is missing, has
+another size or hash (truncated, altered, a copy of another shard) or cannot be read makes
+``open`` raise :class:`CacheIntegrityError` naming each such shard and its reason, and makes
+``cache-teacher`` recompute exactly those shards (it says which), keeping the others byte
+for byte. A loaded shard must also hold exactly the ids (and frame counts) the plan and the
+index give it. An index written before shards were hashed records no hashes; its shards
+cannot be verified, so they are treated as bad: ``open`` refuses them and ``cache-teacher``
+recomputes them (hashing the old files would only vouch for whatever they hold now).
+
 **Bad audio** (missing, unreadable, truncated, empty, NaN) is skipped and counted, as are
-utterances the teacher gives no frames or non-finite outputs for; the index keeps the
-records, the command prints the summary, and the trainer counts them again as its own
-rejects.
+clips shorter than the teacher accepts (``too_short``; :func:`teacher_min_samples`: 320
+samples for Whisper's front-end) and utterances the teacher gives no frames or non-finite
+outputs for; the index keeps the records, the command prints the summary, and the trainer
+counts them again as its own rejects.
 
 Library side (``docs/internals.md``)::
 
@@ -47,15 +61,17 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from asrkd.atomic import atomic_write
+from asrkd.atomic import atomic_write, refuse_overwrite, remove_stale_temporaries
 from asrkd.data.sampler import duration_batches
 
 HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or top-k) for training"
@@ -68,6 +84,11 @@ SHARD_PATTERN = "shard-{:05d}.pt"
 class CacheKeyError(ValueError):
     """A cache that does not belong to the given teacher, settings or manifest entries;
     the message names the part that differs."""
+
+
+class CacheIntegrityError(ValueError):
+    """Shards whose bytes are not the ones the index records (missing, truncated, altered,
+    another shard's, unreadable); the message names each with the reason."""
 
 
 # --------------------------------------------------------------------------------------
@@ -222,12 +243,15 @@ class TeacherCache:
         self._entries: dict[str, dict[str, Any]] = index["entries"]
         self._rejected: dict[str, dict[str, str]] = {r["id"]: r for s in index["shards"] for r in s["rejected"]}
         self._shards: dict[int, dict[str, Any]] = {}
+        # What each shard must hold, in plan order: a loaded shard is compared with it.
+        self._planned: list[list[str]] = [[u for u in s["ids"] if u in self._entries] for s in index["shards"]]
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, *, expect_key: str | None = None) -> "TeacherCache":
+    def open(cls, directory: str | os.PathLike, *, expect_key: str | None = None) -> TeacherCache:
         """Open a finished cache. Raises ``FileNotFoundError`` (no index), ``ValueError``
-        (unfinished: rerun ``asrkd cache-teacher``) or :class:`CacheKeyError` (its key is not
-        ``expect_key``)."""
+        (unfinished: rerun ``asrkd cache-teacher``), :class:`CacheIntegrityError` (a shard is
+        missing or its size or content hash is not the one the index records; all shards are
+        hashed, about 0.2 s per 300 MB) or :class:`CacheKeyError` (its key is not ``expect_key``)."""
         directory = Path(directory)
         index = _read_index(directory)
         if index is None:
@@ -237,6 +261,10 @@ class TeacherCache:
         if done < len(index["shards"]):
             raise ValueError(f"teacher cache {directory} is unfinished ({done} of {len(index['shards'])} shards): "
                              "run the same `asrkd cache-teacher` command again to finish it")
+        bad = _bad_shards(directory, index)
+        if bad:
+            raise CacheIntegrityError(f"teacher cache {directory}: {_describe_bad(index, bad)}; run the same "
+                                      "`asrkd cache-teacher` command again to recompute them")
         if expect_key is not None and expect_key != index["key"]:
             raise CacheKeyError(f"teacher cache {directory} has key {index['key'][:16]}, expected "
                                 f"{expect_key[:16]} (teacher {index['teacher']['spec']!r}, manifest "
@@ -277,10 +305,36 @@ class TeacherCache:
         shard = self._shards.get(number)
         if shard is None:
             path = self.dir / self.index["shards"][number]["file"]
-            shard = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            rerun = "run the same `asrkd cache-teacher` command again to recompute it"
+            try:
+                shard = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:  # changed after open()
+                raise CacheIntegrityError(f"teacher cache shard {path} cannot be read "
+                                          f"({type(err).__name__}: {err}); {rerun}") from None
+            problem = self._layout_problem(number, shard)
+            if problem:
+                raise CacheIntegrityError(f"teacher cache shard {path} {problem}; {rerun}")
             shard["pos"] = {u: i for i, u in enumerate(shard["ids"])}
             self._shards[number] = shard
         return shard
+
+    def _layout_problem(self, number: int, shard: Any) -> str | None:
+        """Why a loaded shard is not the one the plan and the index describe (None when it is):
+        a copy of another shard passes a stale hash check but not this."""
+        names = ("logits",) if self.kind == "dense" else ("topk_idx", "topk_logprob")
+        if not isinstance(shard, dict) or any(k not in shard for k in ("ids", "frames", "offsets", *names)):
+            return "is not a teacher cache shard of this kind"
+        planned = self._planned[number]
+        if list(shard["ids"]) != planned:
+            return (f"holds utterances {', '.join(map(str, list(shard['ids'])[:3]))}..., not the ones the index plans "
+                    f"for it ({', '.join(planned[:3])}...)")
+        frames = [int(self._entries[u]["frames"]) for u in planned]
+        offsets = shard["offsets"]
+        if list(shard["frames"]) != frames or offsets.numel() != len(frames) + 1 or offsets.diff().tolist() != frames:
+            return "has frame counts or offsets that differ from the index"
+        if any(shard[k].shape[0] != int(offsets[-1]) for k in names):
+            return f"holds {[shard[k].shape[0] for k in names]} frames, the offsets say {int(offsets[-1])}"
+        return None
 
     def get(self, utt_id: str) -> TeacherTargets:
         """The cached targets of one utterance (``KeyError`` naming it when absent)."""
@@ -349,14 +403,84 @@ def _read_index(directory: Path) -> dict[str, Any] | None:
     path = directory / INDEX
     if not path.is_file():
         return None
-    index = json.loads(path.read_text(encoding="utf-8"))
-    if index.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an asrkd teacher cache index (format {index.get('format')!r})")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CacheIntegrityError(f"{path} is not a readable teacher cache index ({err}); remove the folder "
+                                  "and run `asrkd cache-teacher` again") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        fmt = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ValueError(f"{path} is not an asrkd teacher cache index (format {fmt!r})")
     return index
 
 
 def _write_index(directory: Path, index: Mapping[str, Any]) -> None:
     atomic_write(directory / INDEX, lambda f: json.dump(index, f, ensure_ascii=False), mode="w")
+
+
+# --------------------------------------------------------------------------------------
+# Shard integrity: the index records each finished shard's size and the SHA-256 of the
+# bytes written; opening a cache (and every cache-teacher run) checks both.
+
+_BLOCK = 1 << 20
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes and counts what passes through, so the index
+    records the bytes actually written, with no second read of the file."""
+
+    def __init__(self, f):
+        self._f, self.sha256, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self._f.write(data)
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    buf = bytearray(_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def _shard_problem(directory: Path, shard: Mapping[str, Any]) -> str | None:
+    """Why a shard marked done cannot be trusted (None when its size and hash match)."""
+    path = directory / shard["file"]
+    if not shard.get("sha256") or shard.get("size") is None:
+        return "no content hash in the index: written by an older asrkd, so its contents cannot be verified"
+    try:
+        st = path.stat()
+        if not path.is_file():
+            return "not a regular file"
+        if st.st_size != shard["size"]:
+            return f"size {st.st_size} bytes, expected {shard['size']}: truncated or replaced"
+        if _file_sha256(path) != shard["sha256"]:
+            return "content hash differs from the index: altered, or another shard's content"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return f"unreadable: {err.strerror or err}"
+    return None
+
+
+def _bad_shards(directory: Path, index: Mapping[str, Any]) -> dict[int, str]:
+    """Shard number -> reason, for every shard marked done that fails verification."""
+    problems = {n: _shard_problem(directory, s) for n, s in enumerate(index["shards"]) if s["done"]}
+    return {n: why for n, why in problems.items() if why}
+
+
+def _describe_bad(index: Mapping[str, Any], bad: Mapping[int, str], limit: int = 10) -> str:
+    names = [f"{index['shards'][n]['file']} ({why})" for n, why in list(bad.items())[:limit]]
+    more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{len(bad)} of {len(index['shards'])} shards fail verification: {'; '.join(names)}{more}"
 
 
 class _ShardBuffer:
@@ -446,13 +570,14 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
                  "shard_size": shard_size, "shards": shards, "entries": {}, "complete": not shards,
                  "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write_index(out, index)
-    for tmp in out.glob(".*.tmp"):  # left by a kill during a shard or index write
-        tmp.unlink(missing_ok=True)
+    remove_stale_temporaries(out)  # left by a kill during a shard or index write
 
-    todo = [n for n, s in enumerate(index["shards"]) if not (s["done"] and (out / s["file"]).is_file())]
-    for n in todo:  # a shard marked done whose file vanished is redone too
-        if index["shards"][n]["done"]:
-            _forget_shard(index, n)
+    bad = _bad_shards(out, index)  # missing, truncated, altered, swapped or unhashed: redone, the rest kept
+    if bad:
+        log(f"recomputing {_describe_bad(index, bad).replace(' fail verification', ' that fail verification')}")
+    for n in bad:
+        _forget_shard(index, n)
+    todo = [n for n, s in enumerate(index["shards"]) if not s["done"]]
     done_shards = len(index["shards"]) - len(todo)
     if not todo:
         log(f"teacher cache {out} is complete ({len(index['entries'])} utterances); nothing to do")
@@ -478,6 +603,7 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     loader = build_dataloader(dataset, batches, num_workers=num_workers)
     buffers = {n: _ShardBuffer(n, index["shards"][n]["ids"]) for n in todo}
     index_dtype = torch.int16 if vocab_size <= 32767 else torch.int32
+    min_samples = teacher_min_samples(teacher)
     device = torch.device(device)
     teacher = teacher.to(device)
     t_run = time.time()
@@ -491,15 +617,23 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
             for r in batch["rejected"]:
                 buffers[shard_of[r.id]].rejected.append({"id": r.id, "kind": r.kind, "reason": r.reason})
                 bar.update(1)
-            if batch["size"]:
-                waves = batch["waves"].to(device)
-                lengths = batch["wave_lengths"].to(device)
+            keep, short = _split_too_short(batch, min_samples, settings["sample_rate"])
+            for r in short:
+                buffers[shard_of[r["id"]]].rejected.append(r)
+                audio_seconds += by_id[r["id"]].duration
+                bar.update(1)
+            if keep:
+                waves, lengths, ids_kept = batch["waves"], batch["wave_lengths"], batch["ids"]
+                if short:  # no copy in the usual case
+                    lengths, ids_kept = lengths[keep], [ids_kept[b] for b in keep]
+                    waves = waves[keep, : int(lengths.max())]
+                waves = waves.to(device)
                 try:
-                    logits, out_lengths = teacher(waves, lengths)
+                    logits, out_lengths = teacher(waves, lengths.to(device))
                 except Exception as err:
-                    raise RuntimeError(f"teacher {tfp['spec']!r} failed on utterances {batch['ids']}: {err}") from err
+                    raise RuntimeError(f"teacher {tfp['spec']!r} failed on utterances {ids_kept}: {err}") from err
                 logits, out_lengths = logits.float().cpu(), out_lengths.cpu()
-                for b, uid in enumerate(batch["ids"]):
+                for b, uid in enumerate(ids_kept):
                     buf = buffers[shard_of[uid]]
                     frames = int(out_lengths[b])
                     item = logits[b, :frames]
@@ -528,23 +662,63 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     return index
 
 
+def teacher_min_samples(teacher) -> int:
+    """Fewest samples one utterance must have for ``teacher``: its (or its model's) ``min_samples``
+    when declared; else 320 (two 10 ms hops, 20 ms) when it has Whisper's log-mel front-end,
+    which refuses fewer than two STFT frames (and conv2's stride 2 then gives one output frame);
+    else 1 (asrkd log-mel models give such a clip 0 frames, rejected after the run)."""
+    for module in (teacher, getattr(teacher, "model", None)):
+        declared = getattr(module, "min_samples", None)
+        if declared:
+            return int(declared)
+    from asrkd.teachers.whisper import HOP_LENGTH, WhisperLogMel
+
+    if isinstance(teacher, torch.nn.Module) and any(isinstance(m, WhisperLogMel) for m in teacher.modules()):
+        return 2 * HOP_LENGTH
+    return 1
+
+
+def _split_too_short(batch: Mapping[str, Any], min_samples: int, sample_rate: int) -> tuple[list[int], list[dict]]:
+    """Rows of a batch the teacher can take, and reject records for the clips too short for it
+    (one such clip would otherwise fail the whole batch, and the run)."""
+    keep, short = [], []
+    for b, (uid, n) in enumerate(zip(batch["ids"], batch["wave_lengths"].tolist() if batch["size"] else [])):
+        if n >= min_samples:
+            keep.append(b)
+        else:
+            short.append({"id": uid, "kind": "too_short",
+                          "reason": f"{uid}: {n} samples ({1000 * n / sample_rate:.1f} ms); the teacher needs at "
+                                    f"least {min_samples} ({1000 * min_samples / sample_rate:.0f} ms)"})
+    return keep, short
+
+
 def _forget_shard(index: dict[str, Any], n: int) -> None:
     shard = index["shards"][n]
     for uid in shard["ids"]:
         index["entries"].pop(uid, None)
     shard.update(done=False, rejected=[])
+    shard.pop("size", None)
+    shard.pop("sha256", None)
 
 
 def _finish_shard(out: Path, index: dict[str, Any], buf: _ShardBuffer, kind: str, settings: Mapping[str, Any],
                   teacher_hash: str, fp_by_id: Mapping[str, Mapping[str, Any]]) -> None:
     data = buf.tensors(kind)
     path = out / index["shards"][buf.number]["file"]
-    atomic_write(path, lambda f: torch.save(data, f))
+    writers: list[_HashingWriter] = []
+
+    def write(f) -> None:
+        writers.append(_HashingWriter(f))
+        torch.save(data, writers[-1])
+
+    atomic_write(path, write)
     for uid, frames in zip(data["ids"], data["frames"]):
         fp = fp_by_id[uid]
         index["entries"][uid] = {"shard": buf.number, "frames": frames, "key": cache_key(teacher_hash, fp, settings),
                                  "entry": fp}
-    index["shards"][buf.number].update(done=True, rejected=buf.rejected)
+    written = writers[-1]
+    index["shards"][buf.number].update(done=True, rejected=buf.rejected, size=written.size,
+                                       sha256=written.sha256.hexdigest())
     index["complete"] = all(s["done"] for s in index["shards"])
     _write_index(out, index)
 
@@ -610,6 +784,10 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    refuse_overwrite({"--report": args.report, "--out index": out / INDEX}, {"--manifest": args.manifest})
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a cache folder: writing there would replace it")
     rejects = Rejects()
     utts = load_manifest(args.manifest, rejects)
     if not utts:
@@ -635,5 +813,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["CacheKeyError", "TeacherCache", "TeacherTargets", "build_cache", "cache_key", "cache_settings",
-           "collate_teacher", "entry_fingerprint", "teacher_fingerprint", "weights_hash"]
+__all__ = ["CacheIntegrityError", "CacheKeyError", "TeacherCache", "TeacherTargets", "build_cache", "cache_key",
+           "cache_settings", "collate_teacher", "entry_fingerprint", "teacher_fingerprint", "teacher_min_samples", "weights_hash"]

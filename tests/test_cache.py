@@ -5,17 +5,28 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from test_train import make_corpus, make_teacher
 
-from asrkd.cache import (CacheKeyError, TeacherCache, build_cache, cache_key, cache_settings, collate_teacher,
-                         entry_fingerprint, teacher_fingerprint)
+from asrkd.cache import (
+    CacheIntegrityError,
+    CacheKeyError,
+    TeacherCache,
+    build_cache,
+    cache_key,
+    cache_settings,
+    collate_teacher,
+    entry_fingerprint,
+    teacher_fingerprint,
+)
 from asrkd.data import Rejects, load_manifest
 from asrkd.teachers import load_teacher
-from test_train import make_corpus, make_teacher
 
 
 def _quiet(msg: str) -> None:
@@ -37,7 +48,7 @@ def _alone(teacher, utt) -> torch.Tensor:
 
 
 def test_dense_cache_holds_the_teachers_log_probs(corpus, tmp_path):
-    root, manifest, spec = corpus
+    _root, manifest, spec = corpus
     teacher = load_teacher(spec)
     utts = load_manifest(manifest)
     index = build_cache(teacher, utts, tmp_path / "c", shard_size=4, batch_seconds=3.0, num_workers=0,
@@ -62,7 +73,7 @@ def test_dense_cache_holds_the_teachers_log_probs(corpus, tmp_path):
 
 
 def test_topk_cache(corpus, tmp_path):
-    root, manifest, spec = corpus
+    _root, manifest, spec = corpus
     teacher = load_teacher(spec)
     utts = load_manifest(manifest)
     build_cache(teacher, utts, tmp_path / "k", topk=3, num_workers=0, progress=False, log=_quiet)
@@ -87,7 +98,7 @@ def test_topk_cache(corpus, tmp_path):
 
 
 def test_key_refusal_says_which_part_differs(corpus, tmp_path):
-    root, manifest, spec = corpus
+    _root, manifest, spec = corpus
     teacher = load_teacher(spec)
     utts = load_manifest(manifest)
     out = tmp_path / "c"
@@ -173,7 +184,7 @@ class _DiesAfter(torch.nn.Module):
 
 
 def test_resume_keeps_finished_shards_and_redoes_the_partial_one(corpus, tmp_path):
-    root, manifest, spec = corpus
+    _root, manifest, spec = corpus
     teacher = load_teacher(spec)
     utts = load_manifest(manifest)
     straight = tmp_path / "straight"
@@ -189,7 +200,14 @@ def test_resume_keeps_finished_shards_and_redoes_the_partial_one(corpus, tmp_pat
     with pytest.raises(ValueError, match="unfinished"):
         TeacherCache.open(out)
     kept = {f: (out / f).stat().st_mtime_ns for f in done}
-    (out / ".shard-00003.pt.abc.tmp").write_bytes(b"half a shard")  # what a kill mid-write leaves
+    import subprocess
+    import sys
+
+    from asrkd.atomic import _HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    # what a kill mid-write leaves: a temporary named after a writer that is gone
+    (out / f".shard-00003.pt.{_HOST}-{int(dead.stdout)}-abcd1234.tmp").write_bytes(b"half a shard")
     time.sleep(0.01)
     messages = []
     build_cache(teacher, utts, out, shard_size=99, batch_seconds=2.0, num_workers=0, progress=False,
@@ -225,3 +243,170 @@ def test_bad_audio_is_skipped_and_counted(tmp_path, capsys):
     assert "is complete" in capsys.readouterr().out
     assert main(args[:-3] + ["--topk", "2"]) == 2
     assert "settings differ" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------- shard integrity
+
+
+def _build(teacher, utts, out, log=_quiet):
+    return build_cache(teacher, utts, out, shard_size=4, batch_seconds=3.0, num_workers=0, progress=False, log=log)
+
+
+def _flip(path: Path, count: int = 64) -> None:
+    """Invert ``count`` bytes in the middle of a file, keeping its size (silent corruption)."""
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    raw[mid:mid + count] = bytes(b ^ 0xFF for b in raw[mid:mid + count])
+    path.write_bytes(bytes(raw))
+
+
+def _state(out: Path) -> dict[str, tuple[int, bytes]]:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(out.glob("shard-*.pt"))}
+
+
+@pytest.fixture(scope="module")
+def clean(corpus, tmp_path_factory):
+    _root, manifest, spec = corpus
+    out = tmp_path_factory.mktemp("clean") / "c"
+    _build(load_teacher(spec), load_manifest(manifest), out)
+    return out
+
+
+def _same_as_clean(out: Path, clean: Path, utts) -> None:
+    assert {n: b for n, (_, b) in _state(out).items()} == {n: b for n, (_, b) in _state(clean).items()}
+    a, b = TeacherCache.open(clean), TeacherCache.open(out)
+    for u in utts:
+        assert torch.equal(a.get(u.id).logits, b.get(u.id).logits)
+
+
+def test_flipped_bytes_are_refused_and_only_that_shard_is_redone(corpus, clean, tmp_path):
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    index = _build(teacher, utts, out)
+    assert all(s["size"] == (out / s["file"]).stat().st_size and len(s["sha256"]) == 64 for s in index["shards"])
+    _flip(out / "shard-00001.pt")
+    with pytest.raises(CacheIntegrityError, match=r"shard-00001\.pt \(content hash differs.*cache-teacher") as err:
+        TeacherCache.open(out)
+    assert "shard-00000.pt" not in str(err.value) and "shard-00002.pt" not in str(err.value)
+    before = _state(out)
+    time.sleep(0.01)
+    messages = []
+    _build(teacher, utts, out, log=messages.append)
+    assert any("recomputing 1 of 3 shards" in m and "shard-00001.pt" in m for m in messages), messages
+    assert not any("nothing to do" in m for m in messages)
+    after = _state(out)
+    assert after["shard-00000.pt"] == before["shard-00000.pt"] and after["shard-00002.pt"] == before["shard-00002.pt"]
+    assert after["shard-00001.pt"] != before["shard-00001.pt"]
+    _same_as_clean(out, clean, utts)
+    messages.clear()
+    _build(teacher, utts, out, log=messages.append)
+    assert any("nothing to do" in m for m in messages)
+
+
+def test_truncated_deleted_and_swapped_shards_are_named_and_redone(corpus, clean, tmp_path):
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    _build(teacher, utts, out)
+    s0 = out / "shard-00000.pt"
+    s1 = out / "shard-00001.pt"
+    s1.write_bytes(s1.read_bytes()[:-100])
+    (out / "shard-00002.pt").write_bytes(s0.read_bytes())  # another shard's content
+    s0.unlink()
+    with pytest.raises(CacheIntegrityError) as err:
+        TeacherCache.open(out)
+    msg = str(err.value)
+    assert "3 of 3 shards" in msg and "cache-teacher" in msg
+    assert re.search(r"shard-00000\.pt \(missing", msg) and re.search(r"shard-00001\.pt \(size \d+ bytes, expected", msg)
+    assert re.search(r"shard-00002\.pt \(size|shard-00002\.pt \(content hash", msg)
+    messages = []
+    _build(teacher, utts, out, log=messages.append)
+    assert any("recomputing 3 of 3 shards" in m for m in messages)
+    _same_as_clean(out, clean, utts)
+
+
+def test_a_shard_holding_other_ids_is_refused_when_loaded(corpus, tmp_path):
+    """Even with an index that vouches for it (hash and size updated), a shard whose ids are not
+    the ones planned for it is never served."""
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    index = _build(teacher, utts, out)
+    (out / "shard-00001.pt").write_bytes((out / "shard-00000.pt").read_bytes())
+    index["shards"][1].update(size=index["shards"][0]["size"], sha256=index["shards"][0]["sha256"])
+    (out / "index.json").write_text(json.dumps(index))
+    cache = TeacherCache.open(out)
+    assert cache.get(utts[0].id).frames > 0
+    with pytest.raises(CacheIntegrityError, match=r"shard-00001\.pt holds utterances .* not the ones .*cache-teacher"):
+        cache.get(utts[4].id)
+
+
+def test_an_index_without_shard_hashes_is_not_trusted(corpus, clean, tmp_path):
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    index = _build(teacher, utts, out)
+    for s in index["shards"]:  # what asrkd wrote before shards were hashed
+        del s["size"], s["sha256"]
+    (out / "index.json").write_text(json.dumps(index))
+    _flip(out / "shard-00002.pt")
+    with pytest.raises(CacheIntegrityError, match=r"3 of 3 shards.*no content hash.*older asrkd.*cache-teacher"):
+        TeacherCache.open(out)
+    messages = []
+    _build(teacher, utts, out, log=messages.append)
+    assert any("recomputing 3 of 3 shards" in m and "no content hash" in m for m in messages), messages
+    _same_as_clean(out, clean, utts)
+
+
+def _whisper_teacher(path: Path) -> str:
+    """A tiny random whisper_ctc checkpoint: Whisper's log-mel front-end (hop 160) and conv stride 2."""
+    from asrkd.checkpoint import save_checkpoint
+    from asrkd.data import CharTokenizer
+    from asrkd.teachers.whisper import WhisperCTC
+
+    tok = CharTokenizer.build(["abcde"])
+    torch.manual_seed(0)
+    model = WhisperCTC(len(tok), n_mels=80, n_ctx=200, n_state=8, n_head=2, n_layer=1, head_layers=1, head_hidden=8,
+                       head_kernel=3, head_dropout=0.0)
+    save_checkpoint(path, {"arch": "whisper_ctc", "model_kwargs": model.model_kwargs, "model": model.state_dict(),
+                           "tokenizer": tok.to_dict()})
+    return f"asrkd:{path}"
+
+
+def test_a_clip_too_short_for_the_whisper_front_end_is_a_reject(tmp_path, capsys):
+    import soundfile as sf
+
+    from asrkd.cli import main
+
+    manifest = make_corpus(tmp_path, "utts", 3, seed=0)
+    short = tmp_path / "short.wav"
+    sf.write(str(short), np.full(200, 0.1, dtype=np.float32), 16000, subtype="PCM_16")
+    with manifest.open("a") as f:
+        f.write(json.dumps({"id": "utts-short", "audio": str(short), "duration": 200 / 16000, "text": "a"}) + "\n")
+    out = tmp_path / "c"
+    args = ["cache-teacher", "--teacher", _whisper_teacher(tmp_path / "w.pt"), "--manifest", str(manifest),
+            "--out", str(out), "--num-workers", "0", "--quiet", "--batch-seconds", "100"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "cached 3 utterances" in printed and "too_short" in printed
+    cache = TeacherCache.open(out)
+    assert len(cache) == 3 and [(r["id"], r["kind"]) for r in cache.rejected] == [("utts-short", "too_short")]
+    assert "200 samples" in cache.rejected[0]["reason"] and "320" in cache.rejected[0]["reason"]
+
+
+def test_training_refuses_a_cache_with_an_altered_shard(tmp_path):
+    from test_train import base_config
+
+    from asrkd.train import TrainingError, train
+
+    manifest = make_corpus(tmp_path, "train", 6, seed=0)
+    spec = make_teacher(tmp_path / "teacher.pt")
+    build_cache(load_teacher(spec), load_manifest(manifest), tmp_path / "cache", shard_size=3, num_workers=0,
+                progress=False, log=_quiet)
+    _flip(tmp_path / "cache" / "shard-00001.pt")
+    cfg = base_config(tmp_path, manifest, teacher={"cache": str(tmp_path / "cache")}, loss={"kd_weight": 1.0},
+                      train={"epochs": 1, "max_steps": 1})
+    with pytest.raises(TrainingError, match=r"shard-00001\.pt \(content hash differs.*`asrkd cache-teacher`"):
+        train(cfg)
+    assert not (tmp_path / "exp" / "last.pt").exists()

@@ -211,3 +211,13 @@ def test_prepare_refuses_outputs_over_inputs(tmp_path, capsys):
     assert "is a file of the source" in capsys.readouterr().err
     assert (kaldi / "text").read_text() == text_before
     assert cli_main(["prepare", "kaldi", str(kaldi), str(out), "--quiet"]) == 0
+
+
+def test_cache_teacher_refuses_outputs_over_inputs(tmp_path, corpus, capsys):
+    spec = make_teacher(tmp_path / "t.pt")
+    before = corpus.read_bytes()
+    base = ["cache-teacher", "--teacher", spec, "--manifest", str(corpus), "--quiet", "--num-workers", "0"]
+    assert cli_main(base + ["--out", str(tmp_path / "cache"), "--report", str(corpus)]) == 1
+    assert "--report" in capsys.readouterr().err and corpus.read_bytes() == before
+    assert cli_main(base + ["--out", str(corpus)]) == 1
+    assert "is a file, not a cache folder" in capsys.readouterr().err and corpus.read_bytes() == before

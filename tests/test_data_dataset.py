@@ -68,7 +68,7 @@ def test_items_and_load_time_rejects(tmp_path):
     ds, _ = _dataset(tmp_path)
     items = {ds.ids[i]: ds[i] for i in range(len(ds))}
     for uid, kind in [("missing", "missing_file"), ("junk", "unreadable"), ("nan", "nan_audio"),
-                      ("cut", "truncated"), ("tight", "too_short_for_ctc")]:
+                      ("cut", "duration_mismatch"), ("tight", "too_short_for_ctc")]:
         assert isinstance(items[uid], RejectRecord) and items[uid].kind == kind, uid
         assert uid in items[uid].reason
     g = items["g4"]
@@ -109,7 +109,7 @@ def test_dataloader_with_workers_delivers_everything_and_reports_rejects(tmp_pat
     counts = rejects.counts()
     # rejected again in epoch 2, counted once
     assert counts["missing_file"] == 1 and counts["unreadable"] == 1 and counts["nan_audio"] == 1
-    assert counts["truncated"] == 1
+    assert counts["duration_mismatch"] == 1
     # "short" at build time; "tight" when loaded (speed perturbation's 1.1 rejects it at build time here)
     assert counts["too_short_for_ctc"] == 2
     assert "missing_file" in rejects.summary()

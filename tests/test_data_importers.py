@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -237,3 +238,40 @@ def test_prepare_cli_rejects_a_source_of_the_wrong_shape(tmp_path, layout, capsy
     (tmp_path / "empty").mkdir()
     assert cli(["prepare", layout, str(tmp_path / "empty"), str(tmp_path / "o.jsonl"), "--quiet"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_kaldi_piped_recordings_get_one_audio_file_each(tmp_path):
+    """Ids that sanitise alike (a/b, a_b), differ only in case (A, a), are dot names or very
+    long: every piped recording keeps its own audio file, named case-insensitively uniquely."""
+    a = tmp_path / "audio"
+    long_id = "x" * 300
+    ids = ["a/b", "a_b", "A", "a", ".", "..", long_id, "plain"]
+    seconds = {uid: 1.0 + 0.25 * i for i, uid in enumerate(ids)}
+    d = tmp_path / "d"
+    d.mkdir()
+    lines = []
+    for i, uid in enumerate(ids):
+        _audio(a / f"src{i}.wav", seconds[uid], subtype="PCM_16", seed=i)
+        lines.append(f"{uid} cat {a}/src{i}.wav |")
+    (d / "wav.scp").write_text("\n".join(lines) + "\n")
+    rejects = Rejects()
+    utts = import_kaldi(d, rejects, _options(), pipe_dir=tmp_path / "piped", progress=False)
+    assert len(rejects) == 0 and sorted(u.id for u in utts) == sorted(ids)
+    names = [Path(u.audio).name for u in utts]
+    assert len({n.lower() for n in names}) == len(ids), names
+    assert all(len(n.encode()) <= 255 and not n.startswith(".") for n in names), names
+    for u in utts:  # each transcript's entry points at its own recording's audio
+        assert u.duration == seconds[u.id] and sf.info(u.audio).duration == seconds[u.id], u.id
+    assert Path(next(u.audio for u in utts if u.id == "plain")).name == "plain.flac"
+
+
+def test_pipe_file_names_are_one_to_one_or_refused():
+    from asrkd.data.importers import PrepareError, pipe_file_stems
+
+    stems = pipe_file_stems(["a/b", "a_b"])
+    assert stems["a_b"] == "a_b" and stems["a/b"].startswith("a_b-")
+    # an id spelled like another's hashed name is disambiguated too
+    tricky = pipe_file_stems(["a/b", stems["a/b"]])
+    assert len({s.lower() for s in tricky.values()}) == 2
+    with pytest.raises(PrepareError, match="'X' and 'x'"):  # only if hashing cannot separate them
+        pipe_file_stems(["X", "x"], digest=lambda _: "same")

@@ -126,3 +126,17 @@ def test_rejects_counter(tmp_path):
     other.add("z", "oov_chars", "z: ß")
     assert r.merge(other) == 1 and r.counts()["oov_chars"] == 1
     assert set(KINDS) >= set(r.counts())
+
+
+def test_a_non_utf8_line_is_a_counted_malformed_line(tmp_path):
+    rows = [json.dumps({"id": f"u{i}", "audio": "/x.wav", "duration": 1.0, "text": "fine"}).encode() for i in range(3)]
+    rows[1] = rows[1].replace(b"fine", b"caf\xe9")  # Latin-1, not UTF-8
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\n".join(rows) + b"\n")  # a BOM before the first line is no error
+    rejects = Rejects()
+    assert [u.id for u in load_manifest(path, rejects)] == ["u0", "u2"]
+    assert rejects.counts() == {"malformed_line": 1}
+    (rec,) = rejects.records
+    assert rec.id == f"{path}:2" and "not UTF-8" in rec.reason and "0xe9 at column 62" in rec.reason, rec
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: not UTF-8"):
+        load_manifest(path)

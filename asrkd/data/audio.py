@@ -16,10 +16,31 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from asrkd.atomic import atomic_write
+
 SAMPLE_RATE = 16000
 
 #: Kinds of :class:`AudioError`, in the order a file is checked.
-AUDIO_ERROR_KINDS = ("missing_file", "unreadable", "truncated", "empty_audio", "nan_audio", "out_of_range")
+AUDIO_ERROR_KINDS = ("missing_file", "unreadable", "truncated", "duration_mismatch", "empty_audio", "nan_audio",
+                     "out_of_range")
+
+# A manifest's duration may differ from the file's length by this much (rounding, resampling,
+# encoder padding of compressed formats); beyond it the manifest describes other audio.
+DURATION_TOLERANCE_S = 0.1
+DURATION_TOLERANCE_REL = 0.02
+
+
+def duration_tolerance(declared: float) -> float:
+    """How far (seconds) a whole file's length may be from its declared duration: max(0.1 s, 2 %)."""
+    return max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_REL * declared)
+
+
+def check_duration(path: str | Path, have: float, declared: float) -> None:
+    """Raise ``AudioError(kind="duration_mismatch")`` when ``have`` seconds of audio are not the
+    ``declared`` ones within :func:`duration_tolerance`."""
+    if abs(have - declared) > duration_tolerance(declared):
+        raise AudioError(f"{path}: holds {have:.2f} s, the manifest says {declared:.2f} s (more than "
+                         f"{duration_tolerance(declared):.2f} s apart)", "duration_mismatch")
 
 # WAV writers that stream to a pipe (espeak-ng --stdout, sox -) put a placeholder size in the
 # header; libsndfile then reports "should be" sizes that are no sign of truncation.
@@ -142,12 +163,15 @@ def resample(wave: torch.Tensor, orig_rate: int, new_rate: int = SAMPLE_RATE) ->
 
 
 def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None = None,
-               sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
+               sample_rate: int = SAMPLE_RATE, declared_duration: float | None = None) -> torch.Tensor:
     """Read ``duration`` seconds from ``offset`` (whole file: ``None``) as float32 mono.
 
     Returns a (N,) tensor at ``sample_rate`` (channels averaged, resampled with torchaudio).
     Raises :class:`AudioError` for a missing, unreadable, truncated or empty file, a segment
-    outside the file, and NaN/Inf samples.
+    outside the file (more than 10 ms past its end), and NaN/Inf samples. With
+    ``declared_duration`` (a whole file's length as a manifest states it) a file whose length
+    differs by more than :func:`duration_tolerance` raises ``kind="duration_mismatch"``,
+    checked from the header before decoding.
     """
     path = Path(path)
     _check_exists(path)
@@ -156,6 +180,8 @@ def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None 
     try:
         with sf.SoundFile(str(path)) as f:
             rate = int(f.samplerate)
+            if declared_duration is not None:
+                check_duration(path, f.frames / rate, declared_duration)
             start = int(round(offset * rate))
             if start >= f.frames and f.frames > 0:
                 raise AudioError(f"{path}: segment starts at {offset:.3f} s, file has "
@@ -183,6 +209,8 @@ def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None 
             raise AudioError(f"{path}: unreadable (not an audio format soundfile or librosa can read: "
                              f"{err2})", "unreadable") from err2
         data = mono[:, None]
+        if declared_duration is not None:
+            check_duration(path, len(data) / rate, declared_duration)
     except RuntimeError as err:
         raise AudioError(f"{path}: unreadable ({err})", "unreadable") from err
     if data.shape[0] == 0:
@@ -217,10 +245,12 @@ def decode_bytes(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def write_audio(path: str | Path, wave: torch.Tensor | np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write mono audio as 16-bit PCM (WAV or FLAC by suffix), clipping to [-1, 1]."""
+    """Write mono audio as 16-bit PCM (WAV or FLAC by suffix), clipping to [-1, 1]; atomically
+    (a killed writer leaves no half file), without fsync (such files can be made again)."""
     if isinstance(wave, torch.Tensor):
         wave = wave.detach().cpu().numpy()
     wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
-    sf.write(str(path), wave, sample_rate, subtype="PCM_16")
+    fmt = Path(path).suffix.lstrip(".").upper() or "WAV"
+    atomic_write(path, lambda f: sf.write(f, wave, sample_rate, subtype="PCM_16", format=fmt), durable=False)
 
 

@@ -2,8 +2,8 @@
 
 Bad items never stop training: the manifest-level checks (empty text, characters outside
 the vocabulary, too short for CTC given the duration) run when the dataset is built; the
-audio-level ones (missing / unreadable / truncated / empty / NaN audio, too short for CTC
-after feature extraction) run in ``__getitem__``, which then returns a
+audio-level ones (missing / unreadable / truncated / empty / NaN audio, a length other than
+the manifest's ``duration``, too short for CTC after feature extraction) run in ``__getitem__``, which then returns a
 :class:`~asrkd.data.rejects.RejectRecord` instead of an item. :func:`collate` drops those
 and hands them to the main process in ``batch["rejected"]``; the training loop adds them to
 its :class:`~asrkd.data.rejects.Rejects` (``rejects.extend(batch["rejected"])``) and skips a

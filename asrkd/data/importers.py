@@ -10,6 +10,7 @@ reason.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -90,6 +91,41 @@ def run_pipe(command: str, out_path: Path, timeout: float = 600.0) -> str:
     return str(out_path)
 
 
+_STEM_MAX = 100  # characters of an id kept in a file name (ASCII after sanitising: far below 255 bytes)
+
+
+def _id_digest(uid: str) -> str:
+    return hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+
+
+def pipe_file_stems(ids: list[str], digest: Callable[[str], str] = _id_digest) -> dict[str, str]:
+    """A file-name stem per recording id, one-to-one even on case-insensitive filesystems.
+
+    The stem is the id with unsafe characters replaced, leading dots dropped and cut to
+    ``_STEM_MAX`` characters; when that changed the id, or when two stems are equal ignoring
+    case, ``-<hash of the exact id>`` is appended. Raises :class:`PrepareError` naming two ids
+    whose names still coincide (a hash collision).
+    """
+    def safe(uid: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", uid).lstrip(".")[:_STEM_MAX] or "rec"
+
+    hashed = {uid for uid in ids if safe(uid) != uid}
+    while True:
+        stems = {uid: f"{safe(uid)}-{digest(uid)}" if uid in hashed else uid for uid in ids}
+        owners: dict[str, list[str]] = {}
+        for uid, stem in stems.items():
+            owners.setdefault(stem.lower(), []).append(uid)
+        clash = [group for group in owners.values() if len(group) > 1]
+        if not clash:
+            return stems
+        grow = {uid for group in clash for uid in group} - hashed
+        if not grow:
+            a, b = clash[0][:2]
+            raise PrepareError(f"recordings {a!r} and {b!r} would share the audio file {stems[a]}.flac "
+                               "(rename one of them)")
+        hashed |= grow
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -141,11 +177,13 @@ def finalize(candidates: list[Candidate], rejects: Rejects, options: CheckOption
         if src.rstrip().endswith("|"):
             if pipe_dir is None:
                 raise AudioError(f"piped wav.scp entry needs a folder to store its audio: {src}", "unsupported")
-            path = run_pipe(src, pipe_dir / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', names[src])}.flac")
+            path = run_pipe(src, pipe_dir / f"{stems[names[src]]}.flac")
         return path, probe(path)
 
     names = {c.audio: c.recording or c.id for c in kept}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, _progress(len(sources), "checking audio", progress) as bar:
+    stems = pipe_file_stems(sorted({names[s] for s in sources if s.rstrip().endswith("|")}))
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
+            _progress(len(sources), "checking audio", progress) as bar:
         futures = {src: pool.submit(work, src) for src in sources}
         for src, fut in futures.items():
             try:

@@ -21,7 +21,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from asrkd.atomic import atomic_write
 
@@ -109,55 +109,76 @@ class Utterance:
     def load_audio(self, sample_rate: int = 16000):
         """The utterance's waveform, (N,) float32 (see :func:`asrkd.data.audio.load_audio`).
 
-        A whole-file entry whose file now holds clearly less audio than ``duration`` (more
-        than 0.1 s and 5 % short: the file was cut after the manifest was made) raises
-        ``AudioError(kind="truncated")``, like a segment that runs past the end of its file.
+        Every command loads utterance audio through here, so all check it alike: a segment
+        entry (``offset``) must lie inside its file (``out_of_range``); a whole-file entry whose
+        file's length is not ``duration`` within max(0.1 s, 2 %) raises
+        ``AudioError(kind="duration_mismatch")``: the manifest describes other audio, and
+        batching, budgets and the CTC check all trusted its duration.
         """
-        from .audio import AudioError, load_audio
+        from .audio import load_audio
 
         if self.offset is not None:
             return load_audio(self.audio, offset=self.offset, duration=self.duration, sample_rate=sample_rate)
-        wave = load_audio(self.audio, sample_rate=sample_rate)
-        have = wave.numel() / sample_rate
-        if have < self.duration - max(0.1, 0.05 * self.duration):
-            raise AudioError(f"{self.audio}: holds {have:.2f} s, the manifest says {self.duration:.2f} s", "truncated")
-        return wave
+        return load_audio(self.audio, sample_rate=sample_rate, declared_duration=self.duration)
 
 
-def load_manifest(path: str | Path, rejects: Rejects | None = None) -> list[Utterance]:
+def iter_manifest_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``("PATH:LINE", decoded JSON value)`` for every non-blank line of a JSONL file.
+
+    Lines are read as bytes and decoded one by one, so one line that is not UTF-8 or not
+    JSON spoils only itself: it is yielded as a :class:`ManifestError` (kind
+    ``malformed_line``) in place of the value. A UTF-8 byte-order mark before the first
+    line is allowed.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                yield where, ManifestError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                                           f"{err.start + 1})", "malformed_line")
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield where, ManifestError(f"{where}: not valid JSON ({err.msg})", "malformed_line")
+
+
+def load_manifest(path: str | Path, rejects: Rejects | None = None, *, audio_only: bool = False) -> list[Utterance]:
     """Read a JSONL manifest.
 
-    Malformed lines, invalid fields, empty texts and duplicate ids (later ones) are recorded
-    in ``rejects`` and skipped; without ``rejects`` the first such line raises
-    :class:`ManifestError` naming the file, line and reason.
+    Malformed lines (not UTF-8, not JSON), invalid fields, empty texts and duplicate ids
+    (later ones) are recorded in ``rejects`` and skipped; without ``rejects`` the first such
+    line raises :class:`ManifestError` naming the file, line and reason. ``audio_only`` (for
+    commands that only need the audio, e.g. decoding): an empty or whitespace-only ``text``
+    is read as no text instead of a reject.
     """
     path = Path(path)
     base = path.parent
     out: list[Utterance] = []
     seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
+    for where, d in iter_manifest_lines(path):
+        try:
+            if isinstance(d, ManifestError):
+                raise d
+            if audio_only and isinstance(d, dict) and isinstance(d.get("text"), str) and not d["text"].strip():
+                d = {k: v for k, v in d.items() if k != "text"}
             try:
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise ManifestError(f"{where}: not valid JSON ({err.msg})", "malformed_line") from None
-                try:
-                    u = Utterance.from_dict(d, base)
-                except ManifestError as err:
-                    raise ManifestError(f"{where}: {err.reason}", err.kind, err.id) from None
-                if u.id in seen:
-                    raise ManifestError(f"{where}: duplicate id {u.id}", "duplicate_id", u.id)
+                u = Utterance.from_dict(d, base)
             except ManifestError as err:
-                if rejects is None:
-                    raise
-                rejects.add(err.id if err.id is not None else where, err.kind, err.reason)
-                continue
-            seen.add(u.id)
-            out.append(u)
+                raise ManifestError(f"{where}: {err.reason}", err.kind, err.id) from None
+            if u.id in seen:
+                raise ManifestError(f"{where}: duplicate id {u.id}", "duplicate_id", u.id)
+        except ManifestError as err:
+            if rejects is None:
+                raise
+            rejects.add(err.id if err.id is not None else where, err.kind, err.reason)
+            continue
+        seen.add(u.id)
+        out.append(u)
     return out
 
 

@@ -21,12 +21,14 @@ KINDS: dict[str, str] = {
     "missing_file": "the audio file does not exist",
     "unreadable": "not an audio file soundfile or librosa can read",
     "truncated": "the file is shorter than its header says, or its end cannot be decoded",
+    "duration_mismatch": "the file's length differs from the manifest's duration (beyond max(0.1 s, 2 %))",
     "empty_audio": "zero samples",
     "nan_audio": "NaN or Inf samples",
     "out_of_range": "the segment lies (partly) outside the audio file",
     "unsupported": "an entry form asrkd does not handle (e.g. Kaldi ark: entries)",
     "pipe_failed": "a Kaldi wav.scp command (`cmd |`) failed or gave no audio",
-    "orphan_text": "a transcript whose audio is not listed (Kaldi text without wav.scp/segments entry, .txt without audio)",
+    "orphan_text": "a transcript whose audio is not listed (Kaldi text without wav.scp/segments entry, "
+                   ".txt without audio)",
     "empty_text": "an empty or whitespace-only transcript",
     "oov_chars": "characters outside the vocabulary",
     "too_short_for_ctc": "fewer frames after subsampling than label length + adjacent repeats",
@@ -46,20 +48,24 @@ class RejectRecord:
 
 
 class Rejects:
-    """A counter of skipped items. An ``(id, kind)`` pair is recorded once, so an item that is
-    skipped again every epoch counts once. Picklable and mergeable (DataLoader workers send
-    their records to the main process inside batches, see :func:`asrkd.data.dataset.collate`)."""
+    """A counter of skipped items: one record per item, under the first reason it was skipped
+    for. An item skipped again (every epoch, or by a later stage for another reason: the CMVN
+    pass finds its audio bad, then the sampler finds it too long) is not counted again, so
+    the total is a number of items. A ``duplicate_id`` record stands for another line that
+    repeats the id, not for the kept item, and is kept apart. Picklable and mergeable
+    (DataLoader workers send their records to the main process inside batches, see
+    :func:`asrkd.data.dataset.collate`)."""
 
     def __init__(self, records: Iterable[RejectRecord] = ()):
         self._records: list[RejectRecord] = []
-        self._seen: set[tuple[str, str]] = set()
+        self._seen: set[tuple[str, bool]] = set()
         self.extend(records)
 
     def add(self, id: str, kind: str, reason: str) -> bool:
-        """Record one skipped item; returns False when this (id, kind) was already recorded."""
+        """Record one skipped item; returns False when this item was already recorded."""
         if kind not in KINDS:
             raise ValueError(f"unknown reject kind {kind!r}; known: {sorted(KINDS)}")
-        key = (str(id), kind)
+        key = (str(id), kind == "duplicate_id")
         if key in self._seen:
             return False
         self._seen.add(key)
@@ -107,11 +113,10 @@ class Rejects:
 
     def write_report(self, path: str | Path) -> None:
         """One JSON object per rejected item: ``{"id", "kind", "reason"}``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            for r in self._records:
-                f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        from asrkd.atomic import atomic_write
+
+        lines = [json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in self._records]
+        atomic_write(path, lambda f: f.writelines(lines), mode="w")
 
     def __getstate__(self):
         return {"records": self._records}

@@ -52,13 +52,16 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> list
     return removed
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode: str = "wb") -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode: str = "wb", *,
+                 durable: bool = True) -> None:
     """Write ``path`` through ``write(file)``: into a temporary file in the same folder
     (created when missing), fsync'd, renamed over ``path``, and the folder fsync'd so the
     rename itself is durable. Text modes use UTF-8. The new file gets the mode a plain
     ``open()`` would give it (0666 less the umask, applied by the kernel). A failure removes
     the temporary and raises ``OSError`` naming ``path``; temporaries of killed writers of
-    the same path are removed first."""
+    the same path are removed first. ``durable=False`` skips the fsyncs (for many small files
+    that can be made again, e.g. synthesized audio): a killed process still leaves the old file
+    or the new one; only a power failure may lose the latest writes."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,13 +74,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise _named(err, path) from None
         raise
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -615,7 +615,7 @@ def decode_manifest(
         before = len(rejects)
         if isinstance(manifest, (str, os.PathLike)):
             manifest_path = str(Path(manifest))  # how load_manifest names its lines ("PATH:LINE")
-            utts = load_manifest(manifest, rejects)
+            utts = load_manifest(manifest, rejects, audio_only=True)  # an empty transcript does not stop decoding
         else:
             utts = list(manifest)
         # Entries the manifest reader had to skip but whose id is known still get a line.

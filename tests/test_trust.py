@@ -221,3 +221,17 @@ def test_cache_teacher_refuses_outputs_over_inputs(tmp_path, corpus, capsys):
     assert "--report" in capsys.readouterr().err and corpus.read_bytes() == before
     assert cli_main(base + ["--out", str(corpus)]) == 1
     assert "is a file, not a cache folder" in capsys.readouterr().err and corpus.read_bytes() == before
+
+
+def test_decode_does_not_skip_good_audio_with_an_empty_transcript(tmp_path, capsys):
+    manifest = make_corpus(tmp_path, "c", 3)
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    rows[1]["text"] = "  "
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
+    hyp = tmp_path / "hyp.txt"
+    assert cli_main(["decode", "--checkpoint", ckpt, "--manifest", str(manifest), "--out", str(hyp),
+                     "--no-progress", "--strict"]) == 0
+    lines = dict((line.split(" ", 1) + [""])[:2] for line in hyp.read_text().splitlines())
+    assert set(lines) == {"c-000", "c-001", "c-002"} and lines["c-001"].strip(), lines
+    assert "empty_text" not in capsys.readouterr().out

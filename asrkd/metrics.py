@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
+
+from asrkd.atomic import atomic_write, refuse_overwrite
 
 HELP = "WER/CER of hypotheses against references, counted as NIST sclite does (details, JSON)"
 
@@ -108,26 +112,51 @@ class TextNormalizer:
 
 # --------------------------------------------------------------------------- input
 
+# surrogateescape turns each undecodable byte into one of these lone surrogates, which
+# valid UTF-8 never yields.
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file, a BOM at the start of a line dropped.
+
+    Raises ``ValueError`` naming the file and line for bytes that are not UTF-8. Scoring
+    refuses such a line rather than skip it: a skipped reference would change the WER.
+    """
+    # Not plain "utf-8": its error names neither the file nor the line. Every line's BOM,
+    # not only the file's, because files joined with `cat` keep each part's.
+    with path.open(encoding="utf-8", errors="surrogateescape") as f:
+        for lineno, line in enumerate(f, 1):
+            bad = _UNDECODED.search(line)
+            if bad:
+                raw = line[bad.start()].encode("utf-8", "surrogateescape")[0]
+                col = len(line[: bad.start()].encode("utf-8", "surrogateescape")) + 1
+                raise ValueError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw:02x} at column {col}); "
+                    "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                )
+            yield lineno, line.removeprefix("\ufeff")
+
 
 def read_kaldi_text(path: str | Path) -> dict[str, str]:
-    """Read a Kaldi ``text`` file: ``utt-id word word ...`` per line.
+    """Read a Kaldi ``text`` file (UTF-8, a BOM allowed): ``utt-id word word ...`` per line.
 
     A line holding only an id is an empty transcript; blank lines are skipped.
-    Raises ``ValueError`` naming the file and line for a duplicate id.
+    Raises ``ValueError`` naming the file and line for a duplicate id or bytes that
+    are not UTF-8.
     """
     path = Path(path)
     texts: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.strip().split(maxsplit=1)
-            if not parts:
-                continue
-            utt = parts[0]
-            if utt in texts:
-                raise ValueError(f"{path}:{lineno}: duplicate utterance id {utt!r} (first on line {first_line[utt]})")
-            texts[utt] = parts[1] if len(parts) > 1 else ""
-            first_line[utt] = lineno
+    for lineno, line in _text_lines(path):
+        parts = line.strip().split(maxsplit=1)
+        if not parts:
+            continue
+        utt = parts[0]
+        if utt in texts:
+            raise ValueError(f"{path}:{lineno}: duplicate utterance id {utt!r} (first on line {first_line[utt]})")
+        texts[utt] = parts[1] if len(parts) > 1 else ""
+        first_line[utt] = lineno
     return texts
 
 
@@ -135,33 +164,32 @@ def read_manifest_texts(path: str | Path) -> dict[str, str | None]:
     """Read ``id`` and ``text`` from a manifest JSONL file.
 
     An entry without ``text`` (unlabelled audio) maps to None. Raises ``ValueError``
-    naming the file and line for invalid JSON, a missing/non-string ``id``, a
-    non-string ``text`` or a duplicate id.
+    naming the file and line for bytes that are not UTF-8, invalid JSON, a
+    missing/non-string ``id``, a non-string ``text`` or a duplicate id.
     """
     path = Path(path)
     texts: dict[str, str | None] = {}
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON: {err.msg}") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            utt = obj.get("id")
-            if not isinstance(utt, str) or not utt:
-                raise ValueError(f"{where}: missing or non-string 'id'")
-            text = obj.get("text")
-            if text is not None and not isinstance(text, str):
-                raise ValueError(f"{where}: 'text' of {utt!r} is {type(text).__name__}, not a string")
-            if utt in texts:
-                raise ValueError(f"{where}: duplicate utterance id {utt!r} (first on line {first_line[utt]})")
-            texts[utt] = text
-            first_line[utt] = lineno
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: invalid JSON: {err.msg}") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        utt = obj.get("id")
+        if not isinstance(utt, str) or not utt:
+            raise ValueError(f"{where}: missing or non-string 'id'")
+        text = obj.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ValueError(f"{where}: 'text' of {utt!r} is {type(text).__name__}, not a string")
+        if utt in texts:
+            raise ValueError(f"{where}: duplicate utterance id {utt!r} (first on line {first_line[utt]})")
+        texts[utt] = text
+        first_line[utt] = lineno
     return texts
 
 
@@ -170,10 +198,9 @@ def is_manifest(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix.lower() in (".jsonl", ".json"):
         return True
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                return line.lstrip().startswith("{")
+    for _, line in _text_lines(path):
+        if line.strip():
+            return line.lstrip().startswith("{")
     return False
 
 
@@ -248,6 +275,10 @@ def _align_sclite(ref: Sequence[str], hyp: Sequence[str]) -> Alignment:
 
 
 def _align_levenshtein(ref: Sequence[str], hyp: Sequence[str]) -> Alignment:
+    # An empty side has one alignment; and jiwer 3.x (allowed by the pin) rejects an
+    # empty string where 4.x accepts it.
+    if not ref or not hyp:
+        return [(DELETION, t, None) for t in ref] + [(INSERTION, None, t) for t in hyp]
     import jiwer
 
     # jiwer aligns strings; feed it integer-coded tokens so any token (even one with
@@ -364,7 +395,9 @@ def score(
         (references scored), ``sentence_errors``, ``missing_hyp`` (count),
         ``missing_hyp_ids``, ``extra_hyp``, ``extra_hyp_ids``, ``unlabelled_ref``,
         ``unlabelled_ref_ids``, ``cer_details`` (``chars, errors, insertions,
-        deletions, substitutions, correct``), ``method``, ``normalization``.
+        deletions, substitutions, correct``), ``method``, ``normalization``, and
+        ``warnings`` (list of strings: results that are formally right but almost
+        certainly not what was meant, such as hypotheses sharing no id with the references).
     """
     if method not in METHODS:
         raise ValueError(f"unknown alignment method {method!r}; expected one of {METHODS}")
@@ -420,10 +453,23 @@ def score(
         "cer_details": _counts_dict(chars_total, "chars"),
         "method": method,
         "normalization": norm.to_dict(),
+        "warnings": _warnings(n_utts, len(missing), len(hyps)),
     }
     if details:
         result["utts"] = utts
     return result
+
+
+def _warnings(n_utts: int, n_missing: int, n_hyps: int) -> list[str]:
+    if n_utts and n_missing == n_utts:
+        # Scored as the contract says (all deletions, WER 100), but a wrong --hyp file or
+        # an id prefix mismatch is far likelier than a system that output nothing.
+        warning = (
+            f"none of the {n_utts} references has a hypothesis ({n_hyps} hypotheses read, no id in common): "
+            "every reference is scored as all deletions; check that the hypotheses belong to these references"
+        )
+        return [warning]
+    return []
 
 
 def _counts_dict(c: Counts, unit: str) -> dict:
@@ -490,19 +536,22 @@ def write_details(path: str | Path, result: Mapping) -> None:
     """
     if "utts" not in result:
         raise ValueError("write_details needs the result of score(..., details=True)")
-    with Path(path).open("w", encoding="utf-8") as f:
-        for u in result["utts"]:
-            utt = u["id"]
-            cols = [(r or "***", h or "***", op) for op, r, h in u["alignment"]]
-            widths = [max(len(r), len(h), len(op)) for r, h, op in cols]
-            for label, k in (("ref", 0), ("hyp", 1), ("op", 2)):
-                cells = " ".join(c[k].ljust(w) for c, w in zip(cols, widths))
-                f.write(f"{utt} {label:<4} {cells}".rstrip() + "\n")
-            wc, cc = u["counts"], u["char_counts"]
-            f.write(f"{utt} #csid {wc['correct']} {wc['substitutions']} {wc['insertions']} {wc['deletions']}\n")
-            f.write(f"{utt} #char-csid {cc['correct']} {cc['substitutions']} {cc['insertions']} {cc['deletions']}\n")
-            if u["missing_hyp"]:
-                f.write(f"{utt} missing no hypothesis: all reference words count as deletions\n")
+    atomic_write(path, lambda f: _write_details(f, result["utts"]), mode="w")
+
+
+def _write_details(f: IO[str], utts: Sequence[Mapping]) -> None:
+    for u in utts:
+        utt = u["id"]
+        cols = [(r or "***", h or "***", op) for op, r, h in u["alignment"]]
+        widths = [max(len(r), len(h), len(op)) for r, h, op in cols]
+        for label, k in (("ref", 0), ("hyp", 1), ("op", 2)):
+            cells = " ".join(c[k].ljust(w) for c, w in zip(cols, widths))
+            f.write(f"{utt} {label:<4} {cells}".rstrip() + "\n")
+        wc, cc = u["counts"], u["char_counts"]
+        f.write(f"{utt} #csid {wc['correct']} {wc['substitutions']} {wc['insertions']} {wc['deletions']}\n")
+        f.write(f"{utt} #char-csid {cc['correct']} {cc['substitutions']} {cc['insertions']} {cc['deletions']}\n")
+        if u["missing_hyp"]:
+            f.write(f"{utt} missing no hypothesis: all reference words count as deletions\n")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -543,18 +592,35 @@ def run(args: argparse.Namespace) -> int:
         unicode=args.unicode,
         ignore=frozenset(args.ignore),
     )
-    try:
-        refs = read_texts(args.ref)
-        hyps = read_texts(args.hyp)
-        result = score(refs, hyps, normalizer=normalizer, method=args.method, details=bool(args.details))
-        if args.details:
-            write_details(args.details, result)
-        if args.json:
-            out = {k: v for k, v in result.items() if k != "utts"}
-            out["ref"], out["hyp"] = str(args.ref), str(args.hyp)
-            Path(args.json).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
-    except (OSError, ValueError) as err:
-        print(f"asrkd wer: error: {err}", file=sys.stderr)
-        return 1
+    # Errors (unreadable or degenerate input, an output that is an input) are raised for
+    # asrkd.cli to report as one line, before anything is written.
+    refuse_overwrite({"--json": args.json, "--details": args.details}, {"--ref": args.ref, "--hyp": args.hyp})
+    refs = read_texts(args.ref)
+    if not refs:
+        raise ValueError(f"no reference utterances in {args.ref}")
+    hyps = read_texts(args.hyp)
+    result = score(refs, hyps, normalizer=normalizer, method=args.method, details=bool(args.details))
+    _check_scorable(result, args.ref)
+    if args.details:
+        write_details(args.details, result)
+    if args.json:
+        out = {k: v for k, v in result.items() if k != "utts"}
+        out["ref"], out["hyp"] = str(args.ref), str(args.hyp)
+        atomic_write(args.json, lambda f: f.write(json.dumps(out, indent=2) + "\n"), mode="w")
+    for warning in result["warnings"]:
+        print(f"asrkd wer: warning: {warning}", file=sys.stderr)
     print(format_report(result))
     return 0
+
+
+def _check_scorable(result: Mapping, ref_path: str | Path) -> None:
+    """Refuse a WER over no reference words: 0 % or 100 % there says nothing about the hypotheses."""
+    if result["utterances"] == 0:
+        raise ValueError(
+            f"no labelled reference utterances in {ref_path}: all {result['unlabelled_ref']} entries lack 'text'"
+        )
+    if result["words"] == 0:
+        raise ValueError(
+            f"no reference words in {ref_path}: all {result['utterances']} transcripts are empty"
+            + (" after normalisation" if result["normalization"] != TextNormalizer().to_dict() else "")
+        )

@@ -315,3 +315,131 @@ def test_cli_manifest_inputs_and_errors(tmp_path, capsys):
     assert "nope.txt" in capsys.readouterr().err
     assert asrkd_main(["wer", "--ref", str(ref), "--hyp", str(hyp), "--keep-apostrophes"]) == 2
     assert "--strip-punct" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- degenerate and hostile input
+
+
+def _wer(tmp_path, capsys, ref_text: bytes | str, hyp_text: bytes | str, *extra: str):
+    """Run ``asrkd wer`` on two files; (exit code, stdout, stderr)."""
+    ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
+    for p, t in ((ref, ref_text), (hyp, hyp_text)):
+        p.write_bytes(t if isinstance(t, bytes) else t.encode("utf-8"))
+    rc = asrkd_main(["wer", "--ref", str(ref), "--hyp", str(hyp), *extra])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_utf8_bom_is_not_part_of_the_first_id(tmp_path, capsys):
+    bom = b"\xef\xbb\xbf"
+    for ref_bom, hyp_bom in ((bom, b""), (b"", bom)):
+        rc, out, _ = _wer(tmp_path, capsys, ref_bom + b"u1 a b\nu2 c\n", hyp_bom + b"u1 a b\nu2 c\n")
+        assert rc == 0 and out.startswith("%WER 0.00 [ 0 / 3,"), out
+    p = tmp_path / "text"
+    # files joined with `cat` keep each part's BOM at the start of a later line
+    p.write_bytes(bom + b"u1 a\n" + bom + b"u2 b\n")
+    assert read_kaldi_text(p) == {"u1": "a", "u2": "b"}
+    p.write_bytes(bom + b'{"id": "u1", "text": "hi"}\n')
+    assert read_texts(p) == {"u1": "hi"}  # detected as a manifest despite the BOM and the name
+    assert read_manifest_texts(p) == {"u1": "hi"}
+
+
+def test_reference_without_utterances_or_words_is_an_error(tmp_path, capsys):
+    for ref_text in ("", "\n  \n"):
+        rc, _, err = _wer(tmp_path, capsys, ref_text, "u1 a b\n")
+        assert rc == 1 and f"no reference utterances in {tmp_path / 'ref.txt'}" in err, err
+    rc, _, err = _wer(tmp_path, capsys, "u1\nu2\n", "u1 a\n")
+    assert rc == 1 and "no reference words in" in err and "ref.txt" in err, err
+    # every word dropped by the normalisation is the same degenerate case
+    rc, _, err = _wer(tmp_path, capsys, "u1 <unk>\n", "u1 a\n", "--ignore", "<unk>")
+    assert rc == 1 and "no reference words in" in err, err
+    m = tmp_path / "ref.jsonl"
+    m.write_text('{"id": "u1", "audio": "a.wav"}\n', encoding="utf-8")
+    rc = asrkd_main(["wer", "--ref", str(m), "--hyp", str(tmp_path / "hyp.txt")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "no labelled reference utterances in" in err and "ref.jsonl" in err, err
+
+
+def test_hypotheses_sharing_no_id_with_the_references_are_reported_loudly(tmp_path, capsys):
+    r = score({"u1": "a b", "u2": "c"}, {"x1": "a b"})
+    assert r["wer"] == 100.0 and r["missing_hyp"] == 2  # the contract: every reference missing
+    assert len(r["warnings"]) == 1 and "none of the 2 references has a hypothesis" in r["warnings"][0]
+    assert score({"u1": "a"}, {"u1": "a"})["warnings"] == []
+    out_json = tmp_path / "wer.json"
+    rc, out, err = _wer(tmp_path, capsys, "u1 a b\nu2 c\n", "x1 a b\n", "--json", str(out_json))
+    assert rc == 0 and out.startswith("%WER 100.00 [ 3 / 3, 0 ins, 3 del, 0 sub ]")
+    assert "warning: none of the 2 references has a hypothesis" in err, err
+    assert json.loads(out_json.read_text())["warnings"] == r["warnings"]
+    rc, _, err = _wer(tmp_path, capsys, "u1 a b\n", "")  # an empty hypothesis file too
+    assert rc == 0 and "warning: none of the 1 references has a hypothesis" in err, err
+
+
+def test_non_utf8_line_is_an_error_naming_file_and_line(tmp_path, capsys):
+    p = tmp_path / "text"
+    p.write_bytes(b"u1 ok\nu2 caf\xe9\n")
+    with pytest.raises(ValueError, match=r"text:2: not valid UTF-8 \(byte 0xe9 at column 7\)"):
+        read_kaldi_text(p)
+    m = tmp_path / "m.jsonl"
+    m.write_bytes(b'{"id": "u1", "text": "a"}\n\n{"id": "u2", "text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"m.jsonl:3: not valid UTF-8"):
+        read_manifest_texts(m)
+    rc, _, err = _wer(tmp_path, capsys, "u1 a\n", b"u1 \xff\xfe\n")
+    assert rc == 1 and "hyp.txt:1: not valid UTF-8" in err, err
+    rc, _, err = _wer(tmp_path, capsys, b"\xff\xfeu\x001\x00", "u1 a\n")  # UTF-16 on the first line
+    assert rc == 1 and "ref.txt:1: not valid UTF-8" in err, err
+
+
+def test_levenshtein_handles_empty_sides_with_a_jiwer_that_rejects_empty_strings(monkeypatch):
+    jiwer = pytest.importorskip("jiwer")
+    real = jiwer.process_words
+
+    def strict(reference, hypothesis, *a, **k):  # jiwer 3.x, allowed by the pin, raises on ""
+        if reference == "" or hypothesis == "":
+            raise ValueError("one or more references are empty strings")
+        return real(reference, hypothesis, *a, **k)
+
+    monkeypatch.setattr(jiwer, "process_words", strict)
+    assert align([], [], method="levenshtein") == []
+    assert align([], ["x", "y"], method="levenshtein") == [("I", None, "x"), ("I", None, "y")]
+    assert align(["x"], [], method="levenshtein") == [("D", "x", None)]
+    assert align(["a", "b"], ["a", "c"], method="levenshtein") == [("C", "a", "a"), ("S", "b", "c")]
+    r = score({"u1": "", "u2": "a b"}, {"u1": "oops", "u3": "z"}, method="levenshtein")
+    assert (r["insertions"], r["deletions"], r["missing_hyp"]) == (1, 2, 1)
+
+
+def test_cli_outputs_are_written_atomically(tmp_path, capsys):
+    # An output hard-linked to another file: an in-place write changes both; a write to a
+    # temporary renamed over the path (atomic_write) leaves the other link alone.
+    out_json, details = tmp_path / "wer.json", tmp_path / "details.txt"
+    keep_json, keep_details = tmp_path / "keep.json", tmp_path / "keep.txt"
+    for keep, out in ((keep_json, out_json), (keep_details, details)):
+        keep.write_text("OLD", encoding="utf-8")
+        out.hardlink_to(keep)
+    rc, _, _ = _wer(tmp_path, capsys, "u1 a\n", "u1 b\n", "--json", str(out_json), "--details", str(details))
+    assert rc == 0
+    assert keep_json.read_text() == "OLD" and keep_details.read_text() == "OLD"
+    assert json.loads(out_json.read_text())["errors"] == 1
+    assert "u1 op   S" in details.read_text()
+
+
+def test_write_details_failure_leaves_the_old_file(tmp_path):
+    from asrkd.metrics import write_details
+
+    p = tmp_path / "details.txt"
+    p.write_text("OLD\n", encoding="utf-8")
+    good = score({"u1": "a"}, {"u1": "a"}, details=True)
+    broken = {**good, "utts": good["utts"] + [{"id": "u2"}]}  # fails after u1 is written
+    with pytest.raises(KeyError):
+        write_details(p, broken)
+    assert p.read_text() == "OLD\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["details.txt"]
+
+
+def test_cli_refuses_an_output_that_is_an_input(tmp_path, capsys):
+    for flag, victim in (("--json", "ref.txt"), ("--details", "hyp.txt")):
+        rc, _, err = _wer(tmp_path, capsys, "u1 a\n", "u1 a\n", flag, str(tmp_path / victim))
+        assert rc == 1 and flag in err and ("--ref" if victim == "ref.txt" else "--hyp") in err, err
+        assert (tmp_path / victim).read_text() == "u1 a\n"
+    rc, _, err = _wer(tmp_path, capsys, "u1 a\n", "u1 a\n", "--json", str(tmp_path / "o"), "--details",
+                      str(tmp_path / "o"))
+    assert rc == 1 and "--json and --details are the same path" in err, err

@@ -6,8 +6,12 @@ Compared in one run, on the same inputs:
   compile  torch.compile of the eager function (inductor)
   liger    (CUDA, when liger_kernel imports) log_softmax x2 + LigerKLDIVLoss(log_target=True)
 
-Reported per shape and dtype: median time of one forward+backward, speed-up of the fused op
-over each other way, effective bandwidth (the minimum traffic of the op: read student and
+The implementations are measured interleaved: ``--rounds`` rounds (default 5), each timing
+every implementation once in a rotated order, so that a machine that slows down or speeds up
+during the run (other load, frequency changes) shifts all of them alike. Reported per shape and
+dtype: the median over rounds of one forward+backward, the spread (min-max over rounds), the
+speed-up of the fused op over each other way as the median of the same-round ratios (with its
+min-max), effective bandwidth (the minimum traffic of the op: read student and
 teacher, write the gradient, divided by the time), and the peak memory allocated during the
 step beyond the inputs. On a GPU also the same-run device-to-device copy bandwidth and the
 fused op's effective bandwidth as a percentage of it.
@@ -38,6 +42,7 @@ from torch.utils.benchmark import Timer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import asrkd.ops as ops  # noqa: E402
+from asrkd.atomic import write_text  # noqa: E402
 
 SHAPES = [(32, 400, 32), (32, 400, 500), (16, 400, 5000)]
 QUICK_SHAPES = [(8, 100, 32), (8, 100, 500), (4, 100, 5000)]
@@ -97,8 +102,8 @@ def peak_bytes_cuda(step) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def time_step(step, min_run_time: float) -> float:
-    for _ in range(2):  # warm-up (and compilation for torch.compile)
+def time_step(step, min_run_time: float, warmup: int = 2) -> float:
+    for _ in range(warmup):  # (and compilation for torch.compile)
         step()
     m = Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_run_time
@@ -113,13 +118,20 @@ def copy_bandwidth(nbytes: int, device: str, min_run_time: float) -> float:
     return 2 * src.numel() * 4 / t
 
 
-def run_case(impls, B, T, V, dtype, device, min_run_time):
+def _median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def run_case(impls, B, T, V, dtype, device, min_run_time, rounds):
+    """Every implementation timed once per round, in a rotated order (see the module doc)."""
     g = torch.Generator(device="cpu").manual_seed(0)
     student = (torch.randn(B, T, V, generator=g) * 3).to(device=device, dtype=dtype).requires_grad_()
     teacher = (torch.randn(B, T, V, generator=g) * 3).to(device=device, dtype=dtype)
     lengths = torch.full((B,), T, device=device)
     traffic = 3 * student.numel() * student.element_size()  # read s, read t, write grad
-    rows = []
+    steps, errors, peaks = {}, {}, {}
     for name, fn in impls.items():
 
         def step(fn=fn):
@@ -127,13 +139,26 @@ def run_case(impls, B, T, V, dtype, device, min_run_time):
             fn(student, teacher, lengths).backward()
 
         try:
-            sec = time_step(step, min_run_time)
-            peak = peak_bytes_cuda(step) if device == "cuda" else peak_bytes_cpu(step)
+            for _ in range(2):  # warm-up (and compilation for torch.compile)
+                step()
+            peaks[name] = peak_bytes_cuda(step) if device == "cuda" else peak_bytes_cpu(step)
+            steps[name] = step
         except Exception as err:  # e.g. inductor unavailable: report, do not crash the run
-            rows.append({"impl": name, "error": f"{type(err).__name__}: {err}"[:300]})
+            errors[name] = f"{type(err).__name__}: {err}"[:300]
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    names = list(steps)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(time_step(steps[name], min_run_time / rounds, warmup=0))
+    rows = []
+    for name in impls:
+        if name in errors:
+            rows.append({"impl": name, "error": errors[name]})
             continue
-        rows.append({"impl": name, "ms": sec * 1e3, "gbps": traffic / sec / 1e9, "peak_mb": peak / 2**20})
-    return rows, traffic
+        sec = _median(times[name])
+        rows.append({"impl": name, "ms": sec * 1e3, "ms_min": min(times[name]) * 1e3, "ms_max": max(times[name]) * 1e3,
+                     "gbps": traffic / sec / 1e9, "peak_mb": peaks[name] / 2**20, "round_ms": [t * 1e3 for t in times[name]]})
+    return rows, traffic, times
 
 
 def device_tag(device: str) -> str:
@@ -146,7 +171,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, short runs (smoke test)")
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    ap.add_argument("--min-run-time", type=float, default=None,
+                    help="seconds per implementation and case, split over the rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -157,7 +184,7 @@ def main(argv=None) -> int:
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
     shapes = QUICK_SHAPES if args.quick else SHAPES
-    min_run_time = args.min_run_time or (0.2 if args.quick else 1.0)
+    min_run_time = args.min_run_time or (0.2 if args.quick else 2.0)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -184,19 +211,22 @@ def main(argv=None) -> int:
         }
         results = []
         print(f"\n== {device} ({env['device']}, torch {env['torch']}, {env['threads']} threads) ==")
-        header = f"{'B,T,V':>14} {'dtype':>8} {'impl':>8} {'ms':>9} {'vs eager':>9} {'vs comp':>8} {'GB/s':>7} {'peak MB':>8}"
+        header = (f"{'B,T,V':>14} {'dtype':>8} {'impl':>8} {'ms':>9} {'ms min-max':>17} {'vs eager':>9} "
+                  f"{'vs comp':>8} {'GB/s':>7} {'peak MB':>8}")
         copy_bw = None
         for B, T, V in shapes:
             for dtype in dtypes:
-                rows, traffic = run_case(impls, B, T, V, dtype, device, min_run_time)
+                rows, traffic, times = run_case(impls, B, T, V, dtype, device, min_run_time, args.rounds)
                 by = {r["impl"]: r for r in rows if "ms" in r}
                 fused = by.get("fused")
                 case = {"shape": [B, T, V], "dtype": str(dtype).replace("torch.", ""), "traffic_bytes": traffic,
-                        "rows": rows}
+                        "rounds": args.rounds, "rows": rows}
                 if fused:
                     for other in ("eager", "compile", "liger"):
-                        if other in by:
-                            case[f"speedup_vs_{other}"] = by[other]["ms"] / fused["ms"]
+                        if other in by:  # ratios of the same round: drift between rounds cancels
+                            ratios = [a / b for a, b in zip(times[other], times["fused"])]
+                            case[f"speedup_vs_{other}"] = _median(ratios)
+                            case[f"speedup_vs_{other}_range"] = [min(ratios), max(ratios)]
                 if device == "cuda" and fused:
                     copy_bw = copy_bandwidth(traffic, device, min_run_time)
                     case["copy_gbps"] = copy_bw / 1e9
@@ -207,17 +237,25 @@ def main(argv=None) -> int:
                     if "error" in r:
                         print(f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8}  error: {r['error']}")
                         continue
-                    ve = by["eager"]["ms"] / r["ms"] if "eager" in by else float("nan")
-                    vc = by["compile"]["ms"] / r["ms"] if "compile" in by else float("nan")
-                    print(f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8} {r['ms']:9.3f} {ve:8.2f}x "
-                          f"{vc:7.2f}x {r['gbps']:7.2f} {r['peak_mb']:8.1f}")
+                    ve = _median([a / b for a, b in zip(times["eager"], times[r["impl"]])]) if "eager" in by \
+                        else float("nan")
+                    vc = _median([a / b for a, b in zip(times["compile"], times[r["impl"]])]) if "compile" in by \
+                        else float("nan")
+                    spread = f"{r['ms_min']:.3f}-{r['ms_max']:.3f}"
+                    print(f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8} {r['ms']:9.3f} {spread:>17} "
+                          f"{ve:8.2f}x {vc:7.2f}x {r['gbps']:7.2f} {r['peak_mb']:8.1f}")
+                if fused:
+                    ranges = "; ".join(f"vs {o} {case[f'speedup_vs_{o}']:.2f}x (rounds "
+                                       f"{case[f'speedup_vs_{o}_range'][0]:.2f}-{case[f'speedup_vs_{o}_range'][1]:.2f})"
+                                       for o in ("eager", "compile", "liger") if f"speedup_vs_{o}" in case)
+                    print(f"{'':>14} {'':>8} {'fused':>8} {ranges}")
                 if "fused_pct_of_copy" in case:
                     print(f"{'':>14} {'':>8} {'copy':>8} same-run device copy {case['copy_gbps']:.1f} GB/s; "
                           f"fused at {case['fused_pct_of_copy']:.1f}% of it")
         for k, v in notes.items():
             print(f"note: {k}: {v}")
         out = out_dir / f"kd_kl_{device_tag(device)}{'_quick' if args.quick else ''}.json"
-        out.write_text(json.dumps({"env": env, "notes": notes, "results": results}, indent=2) + "\n")
+        write_text(out, json.dumps({"env": env, "notes": notes, "results": results}, indent=2) + "\n")
         print(f"wrote {out}")
     return 0
 

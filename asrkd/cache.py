@@ -41,6 +41,21 @@ index give it. An index written before shards were hashed records no hashes; its
 cannot be verified, so they are treated as bad: ``open`` refuses them and ``cache-teacher``
 recomputes them (hashing the old files would only vouch for whatever they hold now).
 
+**The index is only data.** No name in it is used: shard ``n`` is always
+``DIR/shard-NNNNN.pt`` (:data:`SHARD_PATTERN`), an index naming another file is inconsistent,
+and ``--force`` deletes only index.json and ``shard-NNNNN.pt`` files. Each read checks the
+whole index: its structure and types; the key recomputed from the parts it stores (teacher
+fingerprint with vocabulary, blank and frame rate; settings; manifest hash); the plan (no id
+in two shards, every entry in its shard's plan with a frame count >= 0, every planned id
+cached or rejected); and every shard's contents (ids, frame counts, offsets, shapes; each
+shard memory-mapped, about 1 ms) against it. ``open`` refuses an index that fails, naming it
+and the first problems, so the trainer never fails half way. ``cache-teacher`` also checks
+the plan and each entry's key against the manifest, recomputes the shards concerned, and
+recomputes the whole cache (saying why) when the index as a whole is unusable: not JSON, a
+part missing, a part edited so that it no longer gives the key, or a plan that does not fit
+the manifest. That holds even for an index whose stored key is not this run's: nothing can
+use such a cache.
+
 **Bad audio** (missing, unreadable, truncated, empty, NaN) is skipped and counted, as are
 clips shorter than the teacher accepts (``too_short``; :func:`teacher_min_samples`: 320
 samples for Whisper's front-end) and utterances the teacher gives no frames or non-finite
@@ -62,7 +77,7 @@ import json
 import math
 import os
 import pickle
-import sys
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -79,6 +94,7 @@ HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or 
 FORMAT = "asrkd-teacher-cache-v1"
 INDEX = "index.json"
 SHARD_PATTERN = "shard-{:05d}.pt"
+_SHARD_NAME = re.compile(r"shard-(\d{5,})\.pt")
 
 
 class CacheKeyError(ValueError):
@@ -249,18 +265,13 @@ class TeacherCache:
     @classmethod
     def open(cls, directory: str | os.PathLike, *, expect_key: str | None = None) -> TeacherCache:
         """Open a finished cache. Raises ``FileNotFoundError`` (no index), ``ValueError``
-        (unfinished: rerun ``asrkd cache-teacher``), :class:`CacheIntegrityError` (a shard is
-        missing or its size or content hash is not the one the index records; all shards are
-        hashed, about 0.2 s per 300 MB) or :class:`CacheKeyError` (its key is not ``expect_key``)."""
+        (unfinished: rerun ``asrkd cache-teacher``), :class:`CacheIntegrityError` (the index is
+        not JSON, lacks a part, no longer gives its key or contradicts itself; or a shard is
+        missing, its size or content hash is not the one the index records, or its ids, frame
+        counts, offsets or shapes are not the ones the index gives; all shards are hashed, about
+        0.2 s per 300 MB, and memory-mapped) or :class:`CacheKeyError` (its key is not ``expect_key``)."""
         directory = Path(directory)
-        index = _read_index(directory)
-        if index is None:
-            raise FileNotFoundError(f"no teacher cache at {directory} (missing {INDEX}); create it with "
-                                    "`asrkd cache-teacher --teacher SPEC --manifest M.jsonl --out DIR`")
-        done = sum(s["done"] for s in index["shards"])
-        if done < len(index["shards"]):
-            raise ValueError(f"teacher cache {directory} is unfinished ({done} of {len(index['shards'])} shards): "
-                             "run the same `asrkd cache-teacher` command again to finish it")
+        index = _open_index(directory)
         bad = _bad_shards(directory, index)
         if bad:
             raise CacheIntegrityError(f"teacher cache {directory}: {_describe_bad(index, bad)}; run the same "
@@ -268,7 +279,7 @@ class TeacherCache:
         if expect_key is not None and expect_key != index["key"]:
             raise CacheKeyError(f"teacher cache {directory} has key {index['key'][:16]}, expected "
                                 f"{expect_key[:16]} (teacher {index['teacher']['spec']!r}, manifest "
-                                f"{index['manifest']['path']}): use TeacherCache.check_teacher / "
+                                f"{index['manifest'].get('path')}): use TeacherCache.check_teacher / "
                                 "check_entries to see which part differs")
         return cls(directory, index)
 
@@ -304,37 +315,14 @@ class TeacherCache:
     def _shard(self, number: int) -> dict[str, Any]:
         shard = self._shards.get(number)
         if shard is None:
-            path = self.dir / self.index["shards"][number]["file"]
-            rerun = "run the same `asrkd cache-teacher` command again to recompute it"
-            try:
-                shard = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-            except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:  # changed after open()
-                raise CacheIntegrityError(f"teacher cache shard {path} cannot be read "
-                                          f"({type(err).__name__}: {err}); {rerun}") from None
-            problem = self._layout_problem(number, shard)
+            path = self.dir / SHARD_PATTERN.format(number)
+            shard, problem = _load_shard(path, self._planned[number], self.index)  # checked by open(): changed since
             if problem:
-                raise CacheIntegrityError(f"teacher cache shard {path} {problem}; {rerun}")
+                raise CacheIntegrityError(f"teacher cache shard {path} {problem}; run the same `asrkd cache-teacher` "
+                                          "command again to recompute it")
             shard["pos"] = {u: i for i, u in enumerate(shard["ids"])}
             self._shards[number] = shard
         return shard
-
-    def _layout_problem(self, number: int, shard: Any) -> str | None:
-        """Why a loaded shard is not the one the plan and the index describe (None when it is):
-        a copy of another shard passes a stale hash check but not this."""
-        names = ("logits",) if self.kind == "dense" else ("topk_idx", "topk_logprob")
-        if not isinstance(shard, dict) or any(k not in shard for k in ("ids", "frames", "offsets", *names)):
-            return "is not a teacher cache shard of this kind"
-        planned = self._planned[number]
-        if list(shard["ids"]) != planned:
-            return (f"holds utterances {', '.join(map(str, list(shard['ids'])[:3]))}..., not the ones the index plans "
-                    f"for it ({', '.join(planned[:3])}...)")
-        frames = [int(self._entries[u]["frames"]) for u in planned]
-        offsets = shard["offsets"]
-        if list(shard["frames"]) != frames or offsets.numel() != len(frames) + 1 or offsets.diff().tolist() != frames:
-            return "has frame counts or offsets that differ from the index"
-        if any(shard[k].shape[0] != int(offsets[-1]) for k in names):
-            return f"holds {[shard[k].shape[0] for k in names]} frames, the offsets say {int(offsets[-1])}"
-        return None
 
     def get(self, utt_id: str) -> TeacherTargets:
         """The cached targets of one utterance (``KeyError`` naming it when absent)."""
@@ -389,7 +377,7 @@ class TeacherCache:
         if missing:
             problems.append(f"{len(missing)} utterances are not in the cache, e.g. {', '.join(missing[:5])}")
         if problems:
-            raise CacheKeyError(f"teacher cache {self.dir} (made from {self.index['manifest']['path']}) does not "
+            raise CacheKeyError(f"teacher cache {self.dir} (made from {self.index['manifest'].get('path')}) does not "
                                 f"match: {'; '.join(problems)}. Rerun `asrkd cache-teacher` on this manifest "
                                 "into a new folder")
         return keep
@@ -399,19 +387,217 @@ class TeacherCache:
 # Writing
 
 
-def _read_index(directory: Path) -> dict[str, Any] | None:
-    path = directory / INDEX
-    if not path.is_file():
-        return None
+def _parse_index(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """``(index, None)``, or ``(None, why)`` for a file that is not JSON (a truncated write: the cache
+    recomputes it). ``ValueError`` for JSON that is not an asrkd cache index: someone else's file."""
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CacheIntegrityError(f"{path} is not a readable teacher cache index ({err}); remove the folder "
-                                  "and run `asrkd cache-teacher` again") from None
+        return None, f"{path} is not valid JSON ({err})"
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         fmt = index.get("format") if isinstance(index, dict) else type(index).__name__
         raise ValueError(f"{path} is not an asrkd teacher cache index (format {fmt!r})")
-    return index
+    return index, None
+
+
+# An index is only data: every name and number in it is checked before use, so an edited or
+# damaged one is refused (or recomputed by cache-teacher) up front, never half way through a run.
+
+_TEACHER_FIELDS = ("spec", "weights", "vocab", "blank_id", "frame_rate")
+_PART_NAMES = {"spec": "spec", "weights": "weights hash", "vocab": "vocabulary", "blank_id": "blank id",
+               "frame_rate": "frame rate"}
+
+
+def _what(value: Any) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _teacher_problem(t: Mapping[str, Any]) -> str | None:
+    for k in (*_TEACHER_FIELDS, "hash"):
+        if k not in t:
+            return f"'teacher' has no {k!r}"
+    if not all(isinstance(t[k], str) for k in ("spec", "weights", "hash")):
+        return "'teacher' spec, weights and hash are not all strings"
+    if not isinstance(t["vocab"], list) or not all(isinstance(v, str) for v in t["vocab"]):
+        return "'teacher' vocab is not a list of symbols"
+    if not _is_count(t["blank_id"]) or t["blank_id"] >= len(t["vocab"]):
+        return f"'teacher' blank_id {t['blank_id']!r} is not an index into its vocab of {len(t['vocab'])}"
+    rate = t["frame_rate"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate <= 0:
+        return f"'teacher' frame_rate {rate!r} is not a positive number"
+    return None
+
+
+def _structure_problem(index: Mapping[str, Any]) -> str | None:
+    """Why an index cannot be used at all (None when its top level is sound)."""
+    if not isinstance(index.get("key"), str):
+        return "no 'key'" if "key" not in index else f"'key' is {_what(index['key'])}, not a string"
+    for name, kind in (("teacher", dict), ("settings", dict), ("manifest", dict), ("shards", list), ("entries", dict)):
+        if name not in index:
+            return f"no {name!r}"
+        if not isinstance(index[name], kind):
+            return f"{name!r} is {_what(index[name])}, not {_what(kind())}"
+    problem = _teacher_problem(index["teacher"])
+    if problem:
+        return problem
+    s = index["settings"]
+    try:
+        valid = cache_settings(s.get("kind"), s.get("topk"), s.get("sample_rate")) == s
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        return f"'settings' {json.dumps(s)} are not cache settings"
+    if not isinstance(index["manifest"].get("hash"), str):
+        return "'manifest' has no hash"
+    return None
+
+
+def _edited_part(index: Mapping[str, Any], teacher_fp: Mapping[str, Any] | None = None,
+                 settings: Mapping[str, Any] | None = None, manifest_hash: str | None = None) -> str | None:
+    """Which stored part no longer gives the stored key (None when all agree). With this run's
+    teacher fingerprint, settings and manifest hash, and the stored key theirs, it names the part."""
+    t = index["teacher"]
+    teacher_hash = _sha256({k: t[k] for k in _TEACHER_FIELDS})
+    if teacher_hash == t["hash"] and _overall_key(t["hash"], index["settings"], index["manifest"]["hash"]) == index["key"]:
+        return None
+    if teacher_fp is not None and index["key"] == _overall_key(teacher_fp["hash"], settings, manifest_hash):
+        parts = [f"teacher {_PART_NAMES[k]}" for k in _TEACHER_FIELDS if t[k] != teacher_fp[k]]
+        parts += ["teacher hash"] if not parts and t["hash"] != teacher_fp["hash"] else []
+        parts += ["settings"] if index["settings"] != dict(settings) else []
+        parts += ["manifest hash"] if index["manifest"]["hash"] != manifest_hash else []
+        if parts:
+            verb = "matches" if len(parts) == 1 and parts != ["settings"] else "match"
+            return f"its {' and '.join(parts)} no longer {verb} its key"
+    if teacher_hash != t["hash"]:
+        return "its teacher fingerprint (spec, weights, vocabulary, blank id or frame rate) no longer matches its key"
+    return "its settings or manifest hash no longer match its key"
+
+
+def _index_problem(path: Path, index: Mapping[str, Any], *args: Any) -> str | None:
+    """Why the index at ``path`` is unusable as a whole, the path first (None when it is usable)."""
+    problem = _structure_problem(index)
+    if problem:
+        return f"{path} is unusable: {problem}"
+    problem = _edited_part(index, *args)
+    return f"{path} was edited: {problem}" if problem else None
+
+
+def _shard_record_problems(n: int, s: Any, owner: dict[str, int], rejected_in: dict[str, int],
+                           plan: Sequence[Sequence[str]] | None) -> list[str]:
+    """What is wrong with shard ``n``'s record; fills ``owner`` (id -> first shard planning it)
+    and ``rejected_in`` (id -> shard rejecting it)."""
+    if not isinstance(s, dict):
+        return [f"its record is {_what(s)}, not an object"]
+    why = []
+    if s.get("file") != SHARD_PATTERN.format(n):
+        why.append(f"its record names the file {s.get('file')!r}, not {SHARD_PATTERN.format(n)!r}")
+    if not isinstance(s.get("done"), bool):
+        why.append(f"'done' is {_what(s.get('done'))}, not true or false")
+    if (s.get("size") is not None and not _is_count(s["size"])) or not isinstance(s.get("sha256", ""), (str, type(None))):
+        why.append("'size' or 'sha256' is not a byte count and a hash")
+    ids = s.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(u, str) for u in ids):
+        return [*why, "'ids' is not a list of utterance ids"]
+    if plan is not None and ids != list(plan[n]):
+        why.append("its planned ids differ from the manifest's")
+    for u in ids:
+        if u in owner:
+            why.append(f"utterance {u!r} is also in shard {owner[u]}")
+        else:
+            owner[u] = n
+    rejected = s.get("rejected")
+    if not isinstance(rejected, list):
+        return [*why, f"'rejected' is {_what(rejected)}, not a list"]
+    for r in rejected:
+        if not isinstance(r, dict) or not all(isinstance(r.get(k), str) for k in ("id", "kind", "reason")):
+            why.append(f"a 'rejected' record {json.dumps(r)[:60]} is not an id, kind and reason")
+        elif owner.get(r["id"]) != n:
+            why.append(f"rejected utterance {r['id']!r} is not in its plan")
+        else:
+            rejected_in[r["id"]] = n
+    return why
+
+
+def _entry_problem(uid: str, e: Any, n: int | None, shards: Sequence[Any], rejected_in: Mapping[str, int]) -> str | None:
+    """What is wrong with one entry that shard ``n``'s plan lists (``n`` None: no plan lists it)."""
+    if not isinstance(e, dict):
+        return f"entry {uid!r} is {_what(e)}, not an object"
+    shard = e.get("shard")
+    if isinstance(shard, bool) or not isinstance(shard, int):
+        return f"entry {uid!r} has shard {shard!r}, not a shard number"
+    if not 0 <= shard < len(shards):
+        return f"entry {uid!r} names shard {shard}, out of range (the index has {len(shards)} shards)"
+    if n is None:
+        return f"entry {uid!r} is in no shard's plan"
+    if shard != n:
+        return f"entry {uid!r} names shard {shard}, but shard {n}'s plan holds it"
+    if not _is_count(e.get("frames")):
+        return f"entry {uid!r} has frames {e.get('frames')!r}, not a frame count >= 0"
+    if not isinstance(e.get("key"), str) or not isinstance(e.get("entry"), dict) or e["entry"].get("id") != uid:
+        return f"entry {uid!r} has no key or no fingerprint of its own"
+    if not (isinstance(shards[n], dict) and shards[n].get("done") is True):
+        return f"entry {uid!r} is in a shard not marked done"
+    if uid in rejected_in:
+        return f"utterance {uid!r} is both cached and rejected"
+    return None
+
+
+def _shard_index_problems(index: Mapping[str, Any], plan: Sequence[Sequence[str]] | None = None,
+                          fingerprints: Mapping[str, Mapping[str, Any]] | None = None
+                          ) -> tuple[str | None, dict[int, str]]:
+    """Problems of a structurally sound index that concern single shards: shard number -> reason,
+    and a problem no shard can be blamed for (or None). ``plan`` and ``fingerprints`` (cache-teacher,
+    which has the manifest) add: each shard plans the manifest's ids, each entry has its entry's key."""
+    shards, entries = index["shards"], index["entries"]
+    problems: dict[int, list[str]] = {}
+    owner: dict[str, int] = {}
+    rejected_in: dict[str, int] = {}
+    for n, s in enumerate(shards):
+        if why := _shard_record_problems(n, s, owner, rejected_in, plan):
+            problems[n] = why
+    unsound = set(problems)  # their records cannot be read further
+    for uid, e in entries.items():
+        n = owner.get(uid)
+        why = _entry_problem(uid, e, n, shards, rejected_in)
+        if why is None and fingerprints is not None and (
+                e["entry"] != fingerprints.get(uid)
+                or e["key"] != cache_key(index["teacher"]["hash"], e["entry"], index["settings"])):
+            why = f"entry {uid!r} has another key or fingerprint than its manifest entry"
+        if why is None:
+            continue
+        blamed = n if n is not None else (e.get("shard") if isinstance(e, dict) else None)
+        if not (isinstance(blamed, int) and not isinstance(blamed, bool) and 0 <= blamed < len(shards)):
+            return why, {}
+        problems.setdefault(blamed, []).append(why)
+    for n, s in enumerate(shards):
+        if n in unsound or not s["done"]:
+            continue
+        lost = [u for u in s["ids"] if owner[u] == n and u not in entries and rejected_in.get(u) != n]
+        problems.setdefault(n, []).extend(f"utterance {u!r} of its plan is neither cached nor rejected" for u in lost)
+    return None, {n: "index.json: " + "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
+                  for n, why in sorted(problems.items()) if why}
+
+
+def _plan(ids: Sequence[str], shard_size: int) -> list[list[str]]:
+    """The shard plan of a cache: manifest order, ``shard_size`` utterances each."""
+    return [list(ids[a:a + shard_size]) for a in range(0, len(ids), shard_size)]
+
+
+def _remove_own_files(out: Path) -> None:
+    """Delete what this cache itself names in ``out`` (index.json, shard-NNNNN.pt), never a name
+    read from an index; stale temporaries go with :func:`remove_stale_temporaries`."""
+    for p in out.iterdir():
+        m = _SHARD_NAME.fullmatch(p.name)
+        if m and p.name == SHARD_PATTERN.format(int(m.group(1))) and (p.is_symlink() or not p.is_dir()):
+            p.unlink(missing_ok=True)
+    (out / INDEX).unlink(missing_ok=True)
 
 
 def _write_index(directory: Path, index: Mapping[str, Any]) -> None:
@@ -451,9 +637,8 @@ def _file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _shard_problem(directory: Path, shard: Mapping[str, Any]) -> str | None:
+def _shard_problem(path: Path, shard: Mapping[str, Any]) -> str | None:
     """Why a shard marked done cannot be trusted (None when its size and hash match)."""
-    path = directory / shard["file"]
     if not shard.get("sha256") or shard.get("size") is None:
         return "no content hash in the index: written by an older asrkd, so its contents cannot be verified"
     try:
@@ -471,16 +656,92 @@ def _shard_problem(directory: Path, shard: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _load_shard(path: Path, planned: Sequence[str], index: Mapping[str, Any]) -> tuple[Any, str | None]:
+    """A shard memory-mapped (cheap: nothing is read until used), and why it is not the one the
+    index describes (None when it is)."""
+    try:
+        shard = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        return None, f"cannot be read ({type(err).__name__}: {err})"
+    try:
+        return shard, _layout_problem(shard, planned, index)
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError, RuntimeError):
+        return shard, "is not a teacher cache shard of this kind"
+
+
+def _layout_problem(shard: Any, planned: Sequence[str], index: Mapping[str, Any]) -> str | None:
+    """Why a loaded shard is not the one the plan and the index describe (None when it is): a
+    copy of another shard passes a stale hash check but not this."""
+    kind, vocab_size = index["settings"]["kind"], len(index["teacher"]["vocab"])
+    names = ("logits",) if kind == "dense" else ("topk_idx", "topk_logprob")
+    if not isinstance(shard, dict) or any(k not in shard for k in ("ids", "frames", "offsets", *names)):
+        return "is not a teacher cache shard of this kind"
+    if list(shard["ids"]) != list(planned):
+        return (f"holds utterances {', '.join(map(str, list(shard['ids'])[:3]))}..., not the ones the index plans "
+                f"for it ({', '.join(planned[:3])}...)")
+    frames = [int(index["entries"][u]["frames"]) for u in planned]
+    offsets = shard["offsets"]
+    if list(shard["frames"]) != frames or offsets.numel() != len(frames) + 1 or offsets.diff().tolist() != frames:
+        return "has frame counts or offsets that differ from the index"
+    if any(shard[k].shape[0] != int(offsets[-1]) for k in names):
+        return f"holds {[shard[k].shape[0] for k in names]} frames, the offsets say {int(offsets[-1])}"
+    width = vocab_size if kind == "dense" else index["settings"]["topk"]
+    dtypes = {"logits": torch.float16, "topk_logprob": torch.float16,
+              "topk_idx": torch.int16 if vocab_size <= 32767 else torch.int32}
+    for k in names if int(offsets[-1]) else ():
+        t = shard[k]
+        if t.dtype != dtypes[k] or t.dim() != 2 or t.shape[1] != width:
+            return f"holds {k} {t.dtype} {tuple(t.shape)}, not {dtypes[k]} (frames, {width})"
+    return None
+
+
+def _planned_ids(index: Mapping[str, Any], n: int) -> list[str]:
+    """What shard ``n`` holds, in plan order: its planned ids less those rejected."""
+    return [u for u in index["shards"][n]["ids"] if u in index["entries"]]
+
+
 def _bad_shards(directory: Path, index: Mapping[str, Any]) -> dict[int, str]:
-    """Shard number -> reason, for every shard marked done that fails verification."""
-    problems = {n: _shard_problem(directory, s) for n, s in enumerate(index["shards"]) if s["done"]}
-    return {n: why for n, why in problems.items() if why}
+    """Shard number -> reason, for every shard marked done that fails verification: its size and
+    hash, then its contents against the index (ids, frame counts, offsets, shapes), so that a
+    trainer never meets a bad shard half way through."""
+    bad = {}
+    for n, s in enumerate(index["shards"]):
+        if s["done"]:
+            path = directory / SHARD_PATTERN.format(n)
+            why = _shard_problem(path, s) or _load_shard(path, _planned_ids(index, n), index)[1]
+            if why:
+                bad[n] = why
+    return bad
 
 
 def _describe_bad(index: Mapping[str, Any], bad: Mapping[int, str], limit: int = 10) -> str:
-    names = [f"{index['shards'][n]['file']} ({why})" for n, why in list(bad.items())[:limit]]
+    names = [f"{SHARD_PATTERN.format(n)} ({why})" for n, why in list(bad.items())[:limit]]
     more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
     return f"{len(bad)} of {len(index['shards'])} shards fail verification: {'; '.join(names)}{more}"
+
+
+def _open_index(directory: Path) -> dict[str, Any]:
+    """The index of a finished cache, checked through: ``FileNotFoundError`` (none),
+    :class:`CacheIntegrityError` naming the index and its first problems, ``ValueError`` (unfinished)."""
+    path = directory / INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"no teacher cache at {directory} (missing {INDEX}); create it with "
+                                "`asrkd cache-teacher --teacher SPEC --manifest M.jsonl --out DIR`")
+    rerun = "run the same `asrkd cache-teacher` command again to recompute"
+    index, problem = _parse_index(path)
+    problem = problem or _index_problem(path, index)
+    if problem:
+        raise CacheIntegrityError(f"{problem}; {rerun} the cache")
+    problem, bad = _shard_index_problems(index)
+    if problem:
+        raise CacheIntegrityError(f"{path} is unusable: {problem}; {rerun} the cache")
+    if bad:
+        raise CacheIntegrityError(f"{path} is inconsistent: {_describe_bad(index, bad)}; {rerun} them")
+    done = sum(s["done"] for s in index["shards"])
+    if done < len(index["shards"]):
+        raise ValueError(f"teacher cache {directory} is unfinished ({done} of {len(index['shards'])} shards): "
+                         "run the same `asrkd cache-teacher` command again to finish it")
+    return index
 
 
 class _ShardBuffer:
@@ -552,31 +813,30 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     manifest = {"path": str(manifest_path), "count": len(fps), "hash": _manifest_hash(fps)}
     key = _overall_key(tfp["hash"], settings, manifest["hash"])
 
-    index = _read_index(out)
-    if index is not None and index["key"] != key:
-        if not force:
-            raise CacheKeyError(f"{out} holds a teacher cache with another key: {_explain(index, tfp, settings, fps)}. "
-                                "Use another --out folder, or --force to replace it")
-        log(f"--force: replacing the cache in {out} ({_explain(index, tfp, settings, fps)})")
-        for s in index["shards"]:
-            (out / s["file"]).unlink(missing_ok=True)
-        (out / INDEX).unlink()
-        index = None
+    fp_by_id = {fp["id"]: fp for fp in fps}
+    index = _existing_index(out, key, tfp, settings, fps, manifest["hash"], force, log)
     if index is None:
         shard_size = max(1, int(shard_size))
-        shards = [{"file": SHARD_PATTERN.format(n), "ids": ids[a:a + shard_size], "done": False, "rejected": []}
-                  for n, a in enumerate(range(0, len(ids), shard_size))]
+        shards = [{"file": SHARD_PATTERN.format(n), "ids": ids_n, "done": False, "rejected": []}
+                  for n, ids_n in enumerate(_plan(ids, shard_size))]
         index = {"format": FORMAT, "key": key, "teacher": tfp, "settings": settings, "manifest": manifest,
                  "shard_size": shard_size, "shards": shards, "entries": {}, "complete": not shards,
                  "created": time.strftime("%Y-%m-%d %H:%M:%S")}
         _write_index(out, index)
     remove_stale_temporaries(out)  # left by a kill during a shard or index write
 
-    bad = _bad_shards(out, index)  # missing, truncated, altered, swapped or unhashed: redone, the rest kept
+    # An index that disagrees with the manifest or itself, then shards missing, truncated, altered,
+    # swapped, unhashed or unlike the index: those shards are redone, the rest kept.
+    plan = _plan(ids, index["shard_size"])
+    _, bad = _shard_index_problems(index, plan, fp_by_id)
+    for n in bad:
+        _forget_shard(index, n, plan[n])
+    bad.update(_bad_shards(out, index))
     if bad:
+        bad = dict(sorted(bad.items()))
         log(f"recomputing {_describe_bad(index, bad).replace(' fail verification', ' that fail verification')}")
     for n in bad:
-        _forget_shard(index, n)
+        _forget_shard(index, n, plan[n])
     todo = [n for n, s in enumerate(index["shards"]) if not s["done"]]
     done_shards = len(index["shards"]) - len(todo)
     if not todo:
@@ -586,7 +846,6 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
         log(f"resuming the teacher cache in {out}: {done_shards} of {len(index['shards'])} shards done")
 
     by_id = {u.id: u for u in utterances}
-    fp_by_id = {fp["id"]: fp for fp in fps}
     pending = [by_id[u] for n in todo for u in index["shards"][n]["ids"]]
     shard_of = {u: n for n in todo for u in index["shards"][n]["ids"]}
     rejects = Rejects()
@@ -692,19 +951,52 @@ def _split_too_short(batch: Mapping[str, Any], min_samples: int, sample_rate: in
     return keep, short
 
 
-def _forget_shard(index: dict[str, Any], n: int) -> None:
-    shard = index["shards"][n]
-    for uid in shard["ids"]:
-        index["entries"].pop(uid, None)
-    shard.update(done=False, rejected=[])
-    shard.pop("size", None)
-    shard.pop("sha256", None)
+def _forget_shard(index: dict[str, Any], n: int, ids: Sequence[str]) -> None:
+    """Mark shard ``n`` to be computed again: its record is rebuilt from what the cache derives (its
+    file name, the manifest's plan ``ids``), and its entries go (those it plans and any naming it)."""
+    planned = set(ids)
+    index["entries"] = {u: e for u, e in index["entries"].items()
+                        if u not in planned and not (isinstance(e, dict) and e.get("shard") == n)}
+    index["shards"][n] = {"file": SHARD_PATTERN.format(n), "ids": list(ids), "done": False, "rejected": []}
+
+
+def _existing_index(out: Path, key: str, tfp: Mapping[str, Any], settings: Mapping[str, Any],
+                    fps: Sequence[Mapping[str, Any]], manifest_hash: str, force: bool,
+                    log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The index in ``out`` to resume, or None to start afresh: none there, replaced with ``force``,
+    or unusable as a whole (not JSON, a part missing, its parts no longer giving its key, a plan
+    that does not fit the manifest: said, and the whole cache recomputed). :class:`CacheKeyError`
+    for a sound cache of another key without ``force``."""
+    path = out / INDEX
+    if not path.is_file():
+        return None
+    index, problem = _parse_index(path)
+    problem = problem or _index_problem(path, index, tfp, settings, manifest_hash)
+    if problem is None and index["key"] != key:
+        if not force:
+            raise CacheKeyError(f"{out} holds a teacher cache with another key: {_explain(index, tfp, settings, fps)}. "
+                                "Use another --out folder, or --force to replace it")
+        log(f"--force: replacing the cache in {out} ({_explain(index, tfp, settings, fps)})")
+        _remove_own_files(out)
+        return None
+    if problem is None:
+        size = index.get("shard_size")
+        if not (_is_count(size) and size > 0 and len(_plan([fp["id"] for fp in fps], size)) == len(index["shards"])):
+            problem = f"{path} is unusable: its shard_size {size!r} does not give its {len(index['shards'])} shards"
+    if problem is None:
+        problem, _ = _shard_index_problems(index)
+        problem = problem and f"{path} is unusable: {problem}"
+    if problem is None:
+        return index
+    log(f"{problem}; recomputing the whole cache")
+    _remove_own_files(out)
+    return None
 
 
 def _finish_shard(out: Path, index: dict[str, Any], buf: _ShardBuffer, kind: str, settings: Mapping[str, Any],
                   teacher_hash: str, fp_by_id: Mapping[str, Mapping[str, Any]]) -> None:
     data = buf.tensors(kind)
-    path = out / index["shards"][buf.number]["file"]
+    path = out / SHARD_PATTERN.format(buf.number)
     writers: list[_HashingWriter] = []
 
     def write(f) -> None:
@@ -734,12 +1026,13 @@ def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping
                 if index["settings"].get(k) != settings.get(k)]
         parts.append(f"the settings differ ({', '.join(diff)})")
     if index["manifest"]["hash"] != _manifest_hash(fps):
-        old_ids = [u for s in index["shards"] for u in s["ids"]]
+        old_ids = [u for s in index["shards"] if isinstance(s, dict) and isinstance(s.get("ids"), list) for u in s["ids"]]
         new_ids = [fp["id"] for fp in fps]
         old_set, new_set = set(old_ids), set(new_ids)
         added = [u for u in new_ids if u not in old_set]
         removed = [u for u in old_ids if u not in new_set]
-        old_fp = {uid: e["entry"] for uid, e in index["entries"].items()}
+        old_fp = {uid: e["entry"] for uid, e in index["entries"].items() if isinstance(e, dict)
+                  and isinstance(e.get("entry"), dict)}
         changed = [f"{fp['id']}: {_describe_entry_diff(old_fp[fp['id']], fp)}" for fp in fps
                    if fp["id"] in old_fp and any(old_fp[fp["id"]].get(k) != fp.get(k) for k in fp)]
         detail = []
@@ -751,7 +1044,7 @@ def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping
             detail.append(f"{len(changed)} changed (e.g. {'; '.join(changed[:3])})")
         if not detail:
             detail.append("same entries in another order" if sorted(old_ids) == sorted(new_ids) else "entries differ")
-        parts.append(f"the manifest differs (was {index['manifest']['path']}: {', '.join(detail)})")
+        parts.append(f"the manifest differs (was {index['manifest'].get('path')}: {', '.join(detail)})")
     return "; ".join(parts) or "the key differs"
 
 
@@ -779,30 +1072,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from asrkd.data import Rejects, load_manifest
-    from asrkd.teachers import load_teacher
+    from asrkd.teachers import load_teacher, spec_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
-    refuse_overwrite({"--report": args.report, "--out index": out / INDEX}, {"--manifest": args.manifest})
+    refuse_overwrite({"--report": args.report, "--out index": out / INDEX},
+                     {"--manifest": args.manifest, "--teacher": spec_file(args.teacher)})
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a cache folder: writing there would replace it")
     rejects = Rejects()
     utts = load_manifest(args.manifest, rejects)
     if not utts:
-        print(f"error: no usable utterances in {args.manifest}", file=sys.stderr)
-        print(rejects.summary(), file=sys.stderr)
-        return 2
+        raise ValueError(f"no usable utterances in {args.manifest}\n{rejects.summary()}")
     teacher = load_teacher(args.teacher)
-    try:
-        index = build_cache(teacher, utts, args.out, topk=args.topk or None, shard_size=args.shard_size,
-                            batch_seconds=args.batch_seconds, num_workers=args.num_workers, device=device,
-                            manifest_path=os.path.abspath(args.manifest), force=args.force,
-                            progress=not args.quiet)
-    except CacheKeyError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    index = build_cache(teacher, utts, args.out, topk=args.topk or None, shard_size=args.shard_size,
+                        batch_seconds=args.batch_seconds, num_workers=args.num_workers, device=device,
+                        manifest_path=os.path.abspath(args.manifest), force=args.force,
+                        progress=not args.quiet)  # a key mismatch (CacheKeyError): one line from asrkd.cli
     for s in index["shards"]:
         for r in s["rejected"]:
             rejects.add(r["id"], r["kind"], r["reason"])

@@ -205,7 +205,8 @@ def test_resume_keeps_finished_shards_and_redoes_the_partial_one(corpus, tmp_pat
 
     from asrkd.atomic import _HOST
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True,
+                          text=True)
     # what a kill mid-write leaves: a temporary named after a writer that is gone
     (out / f".shard-00003.pt.{_HOST}-{int(dead.stdout)}-abcd1234.tmp").write_bytes(b"half a shard")
     time.sleep(0.01)
@@ -241,7 +242,7 @@ def test_bad_audio_is_skipped_and_counted(tmp_path, capsys):
 
     assert main(args) == 0  # the same command again: complete, nothing to do
     assert "is complete" in capsys.readouterr().out
-    assert main(args[:-3] + ["--topk", "2"]) == 2
+    assert main(args[:-3] + ["--topk", "2"]) == 1
     assert "settings differ" in capsys.readouterr().err
 
 
@@ -326,17 +327,26 @@ def test_truncated_deleted_and_swapped_shards_are_named_and_redone(corpus, clean
     _same_as_clean(out, clean, utts)
 
 
-def test_a_shard_holding_other_ids_is_refused_when_loaded(corpus, tmp_path):
+def test_a_shard_holding_other_ids_is_refused(corpus, tmp_path):
     """Even with an index that vouches for it (hash and size updated), a shard whose ids are not
-    the ones planned for it is never served."""
+    the ones planned for it is never served: open() refuses it up front, and a shard swapped after
+    open() is refused when it is loaded."""
     _root, manifest, spec = corpus
     teacher, utts = load_teacher(spec), load_manifest(manifest)
     out = tmp_path / "c"
     index = _build(teacher, utts, out)
+    good = (out / "shard-00001.pt").read_bytes()
     (out / "shard-00001.pt").write_bytes((out / "shard-00000.pt").read_bytes())
-    index["shards"][1].update(size=index["shards"][0]["size"], sha256=index["shards"][0]["sha256"])
+    vouched = json.loads(json.dumps(index))
+    vouched["shards"][1].update(size=index["shards"][0]["size"], sha256=index["shards"][0]["sha256"])
+    (out / "index.json").write_text(json.dumps(vouched))
+    with pytest.raises(CacheIntegrityError, match=r"shard-00001\.pt \(holds utterances .* not the ones .*cache-teacher"):
+        TeacherCache.open(out)
+
+    (out / "shard-00001.pt").write_bytes(good)
     (out / "index.json").write_text(json.dumps(index))
     cache = TeacherCache.open(out)
+    (out / "shard-00001.pt").write_bytes((out / "shard-00000.pt").read_bytes())  # after open(): caught on load
     assert cache.get(utts[0].id).frames > 0
     with pytest.raises(CacheIntegrityError, match=r"shard-00001\.pt holds utterances .* not the ones .*cache-teacher"):
         cache.get(utts[4].id)
@@ -410,3 +420,202 @@ def test_training_refuses_a_cache_with_an_altered_shard(tmp_path):
     with pytest.raises(TrainingError, match=r"shard-00001\.pt \(content hash differs.*`asrkd cache-teacher`"):
         train(cfg)
     assert not (tmp_path / "exp" / "last.pt").exists()
+
+
+# ----------------------------------------------------------------------- an edited index
+
+
+def _edit_index(out: Path, edit) -> None:
+    index = json.loads((out / "index.json").read_text())
+    edit(index)
+    (out / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("where", ["absolute", "relative"])
+def test_shard_file_names_in_the_index_are_never_used(corpus, clean, tmp_path, where):
+    """r01: a shard's "file" pointing anywhere: the cache neither reads nor writes it."""
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    _build(teacher, utts, out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    name = str(victim) if where == "absolute" else "../victim.txt"
+    _edit_index(out, lambda d: d["shards"][1].update(file=name))
+    with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(out / 'index.json'))}.*shard-00001\.pt.*"
+                                                  rf"{re.escape(repr(name))}"):
+        TeacherCache.open(out)
+    messages = []
+    _build(teacher, utts, out, log=messages.append)
+    assert victim.read_text() == "precious"
+    assert any("recomputing 1 of 3 shards" in m and "shard-00001.pt" in m for m in messages), messages
+    assert json.loads((out / "index.json").read_text())["shards"][1]["file"] == "shard-00001.pt"
+    _same_as_clean(out, clean, utts)
+
+
+def test_force_removes_only_the_files_the_cache_names(corpus, tmp_path):
+    """r02: --force deletes index.json and shard-NNNNN.pt, never a path read from the index."""
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    _build(teacher, utts, out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "notes.txt").write_text("mine")
+    (out / "shard-00007.pt").write_bytes(b"an old shard of this cache")
+    _edit_index(out, lambda d: d["shards"][2].update(file="../victim.txt"))
+    build_cache(teacher, utts, out, topk=3, force=True, shard_size=4, num_workers=0, progress=False, log=_quiet)
+    assert victim.read_text() == "precious" and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "shard-00007.pt").exists()
+    assert sorted(p.name for p in out.glob("shard-*.pt")) == [f"shard-0000{n}.pt" for n in range(3)]
+    assert TeacherCache.open(out).kind == "topk"
+
+
+def _frames_plus_one(d):
+    d["entries"]["utts-002"]["frames"] += 1
+
+
+def _shard_seven(d):
+    d["entries"]["utts-002"]["shard"] = 7
+
+
+def _renamed_id(d):
+    d["shards"][1]["ids"][0] = "utts-XXX"
+
+
+def _id_in_two_shards(d):
+    d["shards"][2]["ids"].append("utts-005")
+
+
+def _negative_frames(d):
+    d["entries"]["utts-009"]["frames"] = -3
+
+
+def _frames_not_int(d):
+    d["entries"]["utts-009"]["frames"] = "12"
+
+
+def _entry_key(d):
+    d["entries"]["utts-006"]["key"] = "0" * 64
+
+
+@pytest.mark.parametrize("edit, shard, why", [
+    (_frames_plus_one, 0, "frame counts or offsets that differ from the index"),
+    (_shard_seven, 0, r"'utts-002'.*shard 7.*out of range"),
+    (_renamed_id, 1, "utts-XXX"),
+    (_id_in_two_shards, 2, r"'utts-005'.*also in shard 1"),
+    (_negative_frames, 2, r"'utts-009'.*frames -3"),
+    (_frames_not_int, 2, r"'utts-009'.*frames '12'"),
+    (_entry_key, 1, None),  # only cache-teacher, which has the manifest, can tell: no open() check
+], ids=["frames", "shard7", "renamed-id", "two-shards", "negative-frames", "frames-str", "entry-key"])
+def test_an_inconsistent_index_is_refused_up_front_and_recomputed(corpus, clean, tmp_path, edit, shard, why):
+    """r03: an index that disagrees with itself or its shards is refused by open() (so training never
+    fails midway) and cache-teacher recomputes the affected shard instead of saying "nothing to do"."""
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    _build(teacher, utts, out)
+    _edit_index(out, edit)
+    if why is not None:
+        with pytest.raises(CacheIntegrityError, match=rf"shard-0000{shard}\.pt.*{why}.*cache-teacher"):
+            TeacherCache.open(out)
+    before = _state(out)
+    messages = []
+    _build(teacher, utts, out, log=messages.append)
+    assert not any("nothing to do" in m for m in messages), messages
+    assert any(f"shard-0000{shard}.pt" in m and "recomputing" in m for m in messages), messages
+    after = _state(out)
+    assert all(after[k] == before[k] for k in before if k != f"shard-0000{shard}.pt")  # the others are kept
+    _same_as_clean(out, clean, utts)
+    assert len(TeacherCache.open(out).check_entries(utts)) == 11
+
+
+def test_training_refuses_an_inconsistent_index_before_its_first_step(tmp_path):
+    from test_train import base_config
+
+    from asrkd.train import TrainingError, train
+
+    manifest = make_corpus(tmp_path, "train", 6, seed=0)
+    spec = make_teacher(tmp_path / "teacher.pt")
+    build_cache(load_teacher(spec), load_manifest(manifest), tmp_path / "cache", shard_size=3, num_workers=0,
+                progress=False, log=_quiet)
+    _edit_index(tmp_path / "cache", lambda d: d["entries"]["train-004"].update(frames=d["entries"]["train-004"]
+                                                                                ["frames"] + 1))
+    cfg = base_config(tmp_path, manifest, teacher={"cache": str(tmp_path / "cache")}, loss={"kd_weight": 1.0},
+                      train={"epochs": 1, "max_steps": 1})
+    with pytest.raises(TrainingError, match=r"shard-00001\.pt \(has frame counts.*`asrkd cache-teacher`"):
+        train(cfg)
+    assert not (tmp_path / "exp" / "last.pt").exists()
+
+
+def _swap_vocab(d):
+    v = d["teacher"]["vocab"]
+    v[3], v[4] = v[4], v[3]
+
+
+@pytest.mark.parametrize("edit, part", [
+    (_swap_vocab, "teacher vocabulary"),
+    (lambda d: d["teacher"].update(blank_id=1), "teacher blank id"),
+    (lambda d: d["teacher"].update(frame_rate=50.0), "teacher frame rate"),
+    (lambda d: d["settings"].update(sample_rate=8000), "settings"),
+    (lambda d: d["manifest"].update(hash="0" * 64), "manifest hash"),
+], ids=["vocab", "blank", "frame-rate", "settings", "manifest"])
+def test_an_index_whose_parts_no_longer_match_its_key_is_refused(corpus, clean, tmp_path, edit, part):
+    """r04: the key is recomputed from the parts the index stores; an edited part is caught."""
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    _build(teacher, utts, out)
+    _edit_index(out, edit)
+    with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(out / 'index.json'))} was edited.*no longer "
+                                                  "match.*key.*cache-teacher"):
+        TeacherCache.open(out)
+    messages = []
+    _build(teacher, utts, out, log=messages.append)
+    assert any(f"index.json was edited: its {part} no longer match" in m and "recomputing the whole cache" in m
+               for m in messages), messages
+    cache = TeacherCache.open(out)
+    assert cache.vocab == teacher.vocab and cache.blank_id == teacher.blank_id
+    assert cache.frame_rate == teacher.frame_rate
+    _same_as_clean(out, clean, utts)
+
+
+@pytest.mark.parametrize("edit, problem", [
+    (lambda d: d.pop("key"), "no 'key'"),
+    (lambda d: d.update(shards=None), "'shards' is null"),
+    (lambda d: d.update(entries=[]), "'entries' is a list"),
+    (lambda d: d.update(teacher="t"), "'teacher' is a string"),
+    (lambda d: d["shards"].__setitem__(1, None), "index.json: its record is null"),
+    (lambda d: d["teacher"].pop("vocab"), "'teacher' has no 'vocab'"),
+], ids=["no-key", "shards-null", "entries-list", "teacher-str", "shard-null", "no-vocab"])
+def test_an_unusable_index_is_named_and_the_cache_recomputed(corpus, clean, tmp_path, capsys, edit, problem):
+    """Item 4: the index's path and what is wrong with it, never a bare KeyError / TypeError."""
+    from asrkd.cli import main
+
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    _build(teacher, utts, out)
+    _edit_index(out, edit)
+    with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(out / 'index.json'))}.*{re.escape(problem)}"):
+        TeacherCache.open(out)
+    args = ["cache-teacher", "--teacher", spec, "--manifest", str(manifest), "--out", str(out), "--num-workers", "0",
+            "--shard-size", "4", "--batch-seconds", "3", "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "index.json" in printed and problem in printed and "recomputing" in printed, printed
+    _same_as_clean(out, clean, utts)
+
+
+def test_an_index_that_is_not_json_is_named_and_the_cache_recomputed(corpus, clean, tmp_path):
+    _root, manifest, spec = corpus
+    teacher, utts = load_teacher(spec), load_manifest(manifest)
+    out = tmp_path / "c"
+    _build(teacher, utts, out)
+    (out / "index.json").write_text('{"format": "asrkd-teacher-cache-v1", "key": ')  # a truncated write
+    with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(out / 'index.json'))} is not valid JSON"):
+        TeacherCache.open(out)
+    messages = []
+    _build(teacher, utts, out, log=messages.append)
+    assert any("not valid JSON" in m and "recomputing the whole cache" in m for m in messages), messages
+    _same_as_clean(out, clean, utts)

@@ -218,3 +218,22 @@ def test_librosa_is_the_fallback_for_formats_libsndfile_lacks(tmp_path, monkeypa
     with pytest.raises(AudioError, match="librosa") as err:
         load_audio(tmp_path / "a.m4a")
     assert err.value.kind == "unreadable"
+
+
+def test_cmvn_counts_a_clip_without_a_feature_frame_as_too_short(tmp_path):
+    """A readable 12.5 ms clip gives no 25 ms frame: it used to be skipped uncounted, so train said
+    'none ... has readable audio' above 'rejected: none'."""
+    sf.write(tmp_path / "s.wav", np.zeros(200, np.float32), 16000)
+    sf.write(tmp_path / "ok.wav", _tone(0.5), 16000)
+    short, ok = Utterance("s", str(tmp_path / "s.wav"), 200 / 16000), Utterance("ok", str(tmp_path / "ok.wav"), 0.5)
+    rejects = Rejects()
+    compute_cmvn([short, ok], FeatureConfig(), rejects=rejects)
+    assert rejects.counts() == {"too_short": 1} and rejects.ids("too_short") == ["s"]
+    assert "frame" in rejects.records[0].reason and "s.wav" in rejects.records[0].reason
+    rejects = Rejects()
+    with pytest.raises(ValueError):
+        compute_cmvn([short], FeatureConfig(), rejects=rejects)
+    assert rejects.counts() == {"too_short": 1}  # the summary under the error shows why
+    with pytest.raises(AudioError) as err:
+        compute_cmvn([short], FeatureConfig())  # without a Rejects: an error, not a silent skip
+    assert err.value.kind == "too_short"

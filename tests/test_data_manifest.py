@@ -140,3 +140,19 @@ def test_a_non_utf8_line_is_a_counted_malformed_line(tmp_path):
     assert rec.id == f"{path}:2" and "not UTF-8" in rec.reason and "0xe9 at column 62" in rec.reason, rec
     with pytest.raises(ManifestError, match=r"m\.jsonl:2: not UTF-8"):
         load_manifest(path)
+
+
+@pytest.mark.parametrize("field, value", [("duration", 1e308), ("duration", 86400.5), ("offset", 1e308)])
+def test_an_absurd_duration_or_offset_is_a_bad_field_naming_the_id(tmp_path, field, value):
+    """A duration of 1e308 used to pass validation and crash training with 'cannot convert float
+    infinity to integer' when the dataset turned it into samples."""
+    row = {"id": "huge", "audio": "/a/x.wav", "duration": 2.0, field: value}
+    with pytest.raises(ManifestError, match="huge") as err:
+        Utterance.from_dict(row)
+    assert err.value.kind == "bad_field" and field in str(err.value)
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({"id": "ok", "audio": "/a/y.wav", "duration": 86400}) + "\n")
+    rejects = Rejects()
+    assert [u.id for u in load_manifest(path, rejects)] == ["ok"]  # exactly 24 h is still allowed
+    assert rejects.counts() == {"bad_field": 1} and rejects.ids("bad_field") == ["huge"]
+    assert f"{path}:1" in rejects.records[0].reason

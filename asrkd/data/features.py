@@ -145,8 +145,9 @@ def compute_cmvn(manifest_entries: Iterable, config: FeatureConfig | None = None
     """Mean and std of log-mel features over ``manifest_entries`` (``Utterance`` objects).
 
     Sums are accumulated in float64. With ``max_utterances`` an evenly spaced subset is used
-    (deterministic). Unreadable audio is skipped and, with ``rejects`` (a
-    :class:`~asrkd.data.manifest.Rejects`), counted.
+    (deterministic). Unreadable audio, and audio too short for one feature frame (``too_short``),
+    is skipped and counted in ``rejects`` (a :class:`~asrkd.data.rejects.Rejects`); without
+    ``rejects`` it raises :class:`~asrkd.data.audio.AudioError`.
     """
     config = config or FeatureConfig()
     entries = list(manifest_entries)
@@ -160,13 +161,17 @@ def compute_cmvn(manifest_entries: Iterable, config: FeatureConfig | None = None
     for u in entries:
         try:
             wave = u.load_audio(config.sample_rate)
+            with torch.no_grad():
+                feats, n = logmel(wave[None], torch.tensor([wave.numel()]))
+            if int(n[0]) <= 0:  # counted, so an all-short manifest does not end in "rejected: none"
+                ms = wave.numel() / config.sample_rate * 1000
+                raise AudioError(f"{u.id}: {u.audio}: {wave.numel()} samples ({ms:.1f} ms) give no feature frame "
+                                 f"(the window is {config.win_ms:g} ms)", "too_short")
         except AudioError as err:
             if rejects is None:
                 raise
             rejects.add(u.id, err.kind, str(err))
             continue
-        with torch.no_grad():
-            feats, n = logmel(wave[None], torch.tensor([wave.numel()]))
         f = feats[0, : int(n[0])].double()
         total += f.sum(0)
         total_sq += (f * f).sum(0)

@@ -11,6 +11,7 @@ reason.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 import subprocess
@@ -18,11 +19,13 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
+
+from asrkd.atomic import refuse_overwrite
 
 from .audio import AudioError, AudioInfo, audio_info, decode_bytes, scan_nonfinite, write_audio
 from .features import ctc_min_frames, frames_after_subsampling
-from .manifest import Utterance
+from .manifest import MAX_DURATION_S, ManifestError, Utterance
 from .rejects import Rejects
 from .tokenizer import normalize_text
 
@@ -98,6 +101,27 @@ def _id_digest(uid: str) -> str:
     return hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
+def _one_to_one(keys: list[str], safe: Callable[[str], str], digest: Callable[[str], str],
+                fold: Callable[[str], str]) -> tuple[dict[str, str], tuple[str, str] | None]:
+    """A name per key: ``safe(key)``, with ``-<digest(key)>`` appended when ``safe`` changed the
+    key or when two names are equal after ``fold``; also the first two keys whose names still
+    coincide (a hash collision), or None. Hashing depends only on the key itself where it can,
+    so a name does not change when other keys come or go."""
+    hashed = {key for key in keys if safe(key) != key}
+    while True:
+        names = {key: f"{safe(key)}-{digest(key)}" if key in hashed else key for key in keys}
+        owners: dict[str, list[str]] = {}
+        for key, name in names.items():
+            owners.setdefault(fold(name), []).append(key)
+        clash = [group for group in owners.values() if len(group) > 1]
+        if not clash:
+            return names, None
+        grow = {key for group in clash for key in group} - hashed
+        if not grow:
+            return names, (clash[0][0], clash[0][1])
+        hashed |= grow
+
+
 def pipe_file_stems(ids: list[str], digest: Callable[[str], str] = _id_digest) -> dict[str, str]:
     """A file-name stem per recording id, one-to-one even on case-insensitive filesystems.
 
@@ -109,21 +133,12 @@ def pipe_file_stems(ids: list[str], digest: Callable[[str], str] = _id_digest) -
     def safe(uid: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", uid).lstrip(".")[:_STEM_MAX] or "rec"
 
-    hashed = {uid for uid in ids if safe(uid) != uid}
-    while True:
-        stems = {uid: f"{safe(uid)}-{digest(uid)}" if uid in hashed else uid for uid in ids}
-        owners: dict[str, list[str]] = {}
-        for uid, stem in stems.items():
-            owners.setdefault(stem.lower(), []).append(uid)
-        clash = [group for group in owners.values() if len(group) > 1]
-        if not clash:
-            return stems
-        grow = {uid for group in clash for uid in group} - hashed
-        if not grow:
-            a, b = clash[0][:2]
-            raise PrepareError(f"recordings {a!r} and {b!r} would share the audio file {stems[a]}.flac "
-                               "(rename one of them)")
-        hashed |= grow
+    stems, clash = _one_to_one(ids, safe, digest, str.lower)
+    if clash:
+        a, b = clash
+        raise PrepareError(f"recordings {a!r} and {b!r} would share the audio file {stems[a]}.flac "
+                           "(rename one of them)")
+    return stems
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -132,11 +147,74 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="file", disable=not enabled, file=sys.stderr, dynamic_ncols=True)
 
 
+def _is_pipe(audio: str) -> bool:
+    return audio.rstrip().endswith("|")
+
+
+def refuse_outputs_over_inputs(outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str]) -> None:
+    """Raise ``ValueError`` naming both when an output (name -> path) is a file the import
+    reads (``inputs``: path -> what it is, e.g. ``audio of recording a (wav.scp:3)``) through
+    any spelling, link or hard link, or when two outputs are one path: what
+    :func:`asrkd.atomic.refuse_overwrite` does, for any number of inputs. A missing output can
+    only be a missing input (a piped recording's audio that another entry lists as its plain
+    audio); about one ``stat`` per input (100 000 inputs: under a second)."""
+    outs = {name: Path(p) for name, p in outputs.items() if p is not None and str(p) != "-"}
+    by_inode: dict[tuple[int, int], str] = {}
+    missing: dict[str, str] = {}  # real path of an output that does not exist yet -> its name
+    real_outs: dict[str, str] = {}
+    for name, out in outs.items():
+        real = os.path.realpath(out)
+        if real in real_outs:
+            raise ValueError(f"{real_outs[real]} and {name} are the same path {out}: one would overwrite the other")
+        real_outs[real] = name
+        try:
+            st = os.stat(out)
+            by_inode[(st.st_dev, st.st_ino)] = name
+        except OSError:
+            missing[real] = name
+    if not outs:
+        return
+    missing_names = {os.path.basename(real) for real in missing}
+    for path, what in inputs.items():
+        try:
+            st = os.stat(path)
+            name = by_inode.get((st.st_dev, st.st_ino))
+        except OSError:  # realpath only where it can match: same name, or a dangling link
+            name = None
+            if missing and (os.path.basename(path) in missing_names or os.path.islink(path)):
+                name = missing.get(os.path.realpath(path))
+        if name is not None:  # the usual message of every command, naming both
+            refuse_overwrite({name: outs[name]}, {what: path})
+            raise ValueError(f"{name} {outs[name]} is the input {what} {path}: writing it would destroy the input")
+
+
 def finalize(candidates: list[Candidate], rejects: Rejects, options: CheckOptions, *, jobs: int = 2,
-             pipe_dir: Path | None = None, progress: bool = True) -> list[Utterance]:
+             pipe_dir: Path | None = None, progress: bool = True, allow_commands: bool = False,
+             outputs: Mapping[str, str | os.PathLike | None] | None = None,
+             inputs: Mapping[str, str] | None = None) -> list[Utterance]:
     """Check candidates and turn the good ones into :class:`Utterance` (text normalised,
-    audio paths absolute, durations from headers)."""
-    # 1. duplicate ids: keep the first
+    audio paths absolute, durations from headers).
+
+    Piped candidates run only with ``allow_commands``. Before any audio is read or a command
+    run, :func:`refuse_outputs_over_inputs` checks ``outputs`` (what the caller will write)
+    and the piped recordings' files under ``pipe_dir`` against ``inputs`` (every file the
+    source lists)."""
+    kept, texts = _check_texts(_drop_duplicates(candidates, rejects), rejects, options)
+    infos, resolved = _check_audio(kept, jobs=jobs, pipe_dir=pipe_dir, progress=progress,
+                                   allow_commands=allow_commands, outputs=outputs or {}, inputs=inputs or {})
+    out: list[Utterance] = []
+    for c in kept:
+        info = infos[c.audio]
+        if isinstance(info, AudioError):
+            rejects.add(c.id, info.kind, f"{c.id}: {info.reason}")
+            continue
+        u = _utterance(c, info, texts[c.id], resolved[c.audio], rejects, options)
+        if u is not None:
+            out.append(u)
+    return out
+
+
+def _drop_duplicates(candidates: list[Candidate], rejects: Rejects) -> list[Candidate]:
     unique: list[Candidate] = []
     seen: set[str] = set()
     for c in candidates:
@@ -145,11 +223,15 @@ def finalize(candidates: list[Candidate], rejects: Rejects, options: CheckOption
             continue
         seen.add(c.id)
         unique.append(c)
+    return unique
 
-    # 2. texts (cheap, before touching audio)
+
+def _check_texts(candidates: list[Candidate], rejects: Rejects,
+                 options: CheckOptions) -> tuple[list[Candidate], dict[str, str | None]]:
+    """Normalisation and vocabulary (cheap: before touching audio)."""
     texts: dict[str, str | None] = {}
     kept: list[Candidate] = []
-    for c in unique:
+    for c in candidates:
         if c.text is None:
             texts[c.id] = None
             kept.append(c)
@@ -166,22 +248,32 @@ def finalize(candidates: list[Candidate], rejects: Rejects, options: CheckOption
                 continue
         texts[c.id] = norm
         kept.append(c)
+    return kept, texts
 
-    # 3. audio, once per file, in parallel
+
+def _check_audio(kept: list[Candidate], *, jobs: int, pipe_dir: Path | None, progress: bool, allow_commands: bool,
+                 outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str]):
+    """Each audio source once, in parallel: ({source: AudioInfo | AudioError}, {source: absolute path})."""
     sources = sorted({c.audio for c in kept})
-    infos: dict[str, AudioInfo | AudioError] = {}
-    resolved: dict[str, str] = {}
+    names = {c.audio: c.recording or c.id for c in kept}
+    stems = pipe_file_stems(sorted({names[s] for s in sources if _is_pipe(s)}))
+    pipe_files = {s: pipe_dir / f"{stems[names[s]]}.flac" for s in sources
+                  if _is_pipe(s) and pipe_dir is not None and allow_commands}
+    refuse_outputs_over_inputs({**outputs, **{f"--pipe-dir file of recording {names[s]}": p
+                                              for s, p in pipe_files.items()}}, inputs)
 
     def work(src: str):
         path = src
-        if src.rstrip().endswith("|"):
+        if _is_pipe(src):
+            if not allow_commands:
+                raise AudioError(f"piped wav.scp entry not run without allow_commands=True: {src}", "unsupported")
             if pipe_dir is None:
                 raise AudioError(f"piped wav.scp entry needs a folder to store its audio: {src}", "unsupported")
-            path = run_pipe(src, pipe_dir / f"{stems[names[src]]}.flac")
+            path = run_pipe(src, pipe_files[src])
         return path, probe(path)
 
-    names = {c.audio: c.recording or c.id for c in kept}
-    stems = pipe_file_stems(sorted({names[s] for s in sources if s.rstrip().endswith("|")}))
+    infos: dict[str, AudioInfo | AudioError] = {}
+    resolved: dict[str, str] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
             _progress(len(sources), "checking audio", progress) as bar:
         futures = {src: pool.submit(work, src) for src in sources}
@@ -193,52 +285,70 @@ def finalize(candidates: list[Candidate], rejects: Rejects, options: CheckOption
             except AudioError as err:
                 infos[src] = err
             bar.update(1)
+    return infos, resolved
 
-    # 4. per-utterance checks that need the duration
-    out: list[Utterance] = []
-    for c in kept:
-        info = infos[c.audio]
-        if isinstance(info, AudioError):
-            rejects.add(c.id, info.kind, f"{c.id}: {info.reason}")
-            continue
-        total = info.duration
-        if c.offset is not None:
-            end = total if c.end is None else c.end
-            if c.offset >= total or end > total + _SEGMENT_SLACK_S:
-                rejects.add(c.id, "out_of_range", f"{c.id}: segment {c.offset:.2f}-{end:.2f} s outside "
-                            f"{c.audio} ({total:.2f} s)")
-                continue
-            duration = min(end, total) - c.offset
-        else:
-            duration = total
-        if duration <= 0:
-            rejects.add(c.id, "empty_audio", f"{c.id}: zero-length segment")
-            continue
-        text = texts[c.id]
-        if text is not None:
-            labels = options.tokenizer.encode(text) if options.tokenizer is not None else list(text)
-            frames = frames_after_subsampling(int(duration * 16000), subsampling=options.subsampling,
-                                              hop_ms=options.hop_ms, win_ms=options.win_ms)
-            need = ctc_min_frames(labels)
-            if frames < need:
-                rejects.add(c.id, "too_short_for_ctc", f"{c.id}: {duration:.2f} s gives {frames} frames after "
-                            f"{options.subsampling}x subsampling, CTC needs {need} for {len(labels)} labels")
-                continue
-        out.append(Utterance(id=c.id, audio=resolved[c.audio], duration=round(duration, 4), text=text,
-                             speaker=c.speaker, offset=c.offset))
-    return out
+
+def _utterance(c: Candidate, info: AudioInfo, text: str | None, audio: str, rejects: Rejects,
+               options: CheckOptions) -> Utterance | None:
+    """The per-utterance checks that need the duration; None (and a record) for a reject."""
+    total = info.duration
+    if c.offset is not None:
+        end = total if c.end is None else c.end
+        if c.offset >= total or end > total + _SEGMENT_SLACK_S:
+            rejects.add(c.id, "out_of_range", f"{c.id}: segment {c.offset:.2f}-{end:.2f} s outside "
+                        f"{c.audio} ({total:.2f} s)")
+            return None
+        duration = min(end, total) - c.offset
+    else:
+        duration = total
+    if duration <= 0:
+        rejects.add(c.id, "empty_audio", f"{c.id}: zero-length segment")
+        return None
+    if duration > MAX_DURATION_S:
+        rejects.add(c.id, "too_long", f"{c.id}: {duration / 3600:.1f} h of {c.audio} is longer than an utterance "
+                    f"may be ({MAX_DURATION_S / 3600:.0f} h): cut it into segments (a Kaldi segments file)")
+        return None
+    if text is not None:
+        labels = options.tokenizer.encode(text) if options.tokenizer is not None else list(text)
+        frames = frames_after_subsampling(int(duration * 16000), subsampling=options.subsampling,
+                                          hop_ms=options.hop_ms, win_ms=options.win_ms)
+        need = ctc_min_frames(labels)
+        if frames < need:
+            rejects.add(c.id, "too_short_for_ctc", f"{c.id}: {duration:.2f} s gives {frames} frames after "
+                        f"{options.subsampling}x subsampling, CTC needs {need} for {len(labels)} labels")
+            return None
+    try:
+        return Utterance(id=c.id, audio=audio, duration=round(duration, 4), text=text, speaker=c.speaker,
+                         offset=c.offset)
+    except ManifestError as err:  # e.g. an offset past the sanity bound: one reject, not a crash
+        rejects.add(c.id, err.kind, err.reason)
+        return None
 
 
 # -- Kaldi ----------------------------------------------------------------------------------------
-def _read_table(path: Path, rejects: Rejects, min_fields: int, what: str) -> list[tuple[str, str, int]]:
-    """(key, rest, line number) of a Kaldi table; malformed lines are recorded."""
-    rows = []
-    with open(path, encoding="utf-8", errors="strict") as f:
+Row = tuple[str, str, int]  # (key, rest of the line, line number)
+
+
+def _read_table(path: Path, rejects: Rejects, min_fields: int, what: str) -> tuple[list[Row], dict[str, str]]:
+    """The rows of a Kaldi table, and ``{key: reason}`` for lines that are not UTF-8.
+
+    Lines are decoded one by one, so a stray byte spoils only its own line, named FILE:LINE.
+    When such a line's key is readable the caller rejects what the key names (an utterance
+    whose transcript cannot be read must not become unlabelled audio); otherwise the line is
+    recorded here as ``malformed_line`` with id ``NAME:LINE``. Other malformed lines too."""
+    rows: list[Row] = []
+    broken: dict[str, str] = {}
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
         try:
-            lines = f.read().splitlines()
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
         except UnicodeDecodeError as err:
-            raise PrepareError(f"{path}: not UTF-8 text ({err})") from err
-    for n, line in enumerate(lines, 1):
+            reason = f"{path}:{n}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+            key = _readable_key(raw)
+            if key is None:
+                rejects.add(f"{path.name}:{n}", "malformed_line", reason)
+            else:
+                broken.setdefault(key, f"{key}: {reason}")
+            continue
         if not line.strip():
             continue
         parts = line.strip().split(maxsplit=1)
@@ -250,10 +360,18 @@ def _read_table(path: Path, rejects: Rejects, min_fields: int, what: str) -> lis
             rejects.add(f"{path.name}:{n}", "malformed_line", f"{path}:{n}: expected '<id> <{what}>', got {line!r}")
             continue
         rows.append((parts[0], parts[1] if len(parts) > 1 else "", n))
-    return rows
+    return rows, broken
 
 
-def _first_wins(rows: list[tuple[str, str, int]], rejects: Rejects, name: str) -> dict[str, str]:
+def _readable_key(raw: bytes) -> str | None:
+    head = raw.split(maxsplit=1)
+    try:
+        return head[0].decode("utf-8") if head else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _first_wins(rows: list[Row], rejects: Rejects, name: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value, n in rows:
         if key in out:
@@ -263,77 +381,142 @@ def _first_wins(rows: list[tuple[str, str, int]], rejects: Rejects, name: str) -
     return out
 
 
+def _kaldi_map(path: Path, rejects: Rejects, what: str, bad: dict[str, str], inputs: dict[str, str]) -> dict[str, str]:
+    """An optional ``text`` / ``utt2spk``; keys of lines that are not UTF-8 go to ``bad``."""
+    if not path.is_file():
+        return {}
+    inputs[str(path.resolve())] = f"Kaldi file {path.name} of the source"
+    rows, broken = _read_table(path, rejects, 2, what)
+    for key, reason in broken.items():
+        bad.setdefault(key, reason)
+    return _first_wins(rows, rejects, path.name)
+
+
+def _kaldi_recordings(path: Path, rejects: Rejects, inputs: dict[str, str],
+                      allow_commands: bool) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """``wav.scp``: ({recording: absolute path or command}, {recording: (kind, reason) it cannot be
+    used for}); the unusable ones are recorded. Every file it lists goes to ``inputs``."""
+    inputs[str(path.resolve())] = "Kaldi file wav.scp of the source"
+    rows, broken = _read_table(path, rejects, 2, "path or command |")
+    unusable = {key: ("malformed_line", reason) for key, reason in broken.items()}
+    recordings: dict[str, str] = {}
+    piped = 0
+    for key, value, n in rows:
+        value = value.strip()
+        why = None
+        if value.endswith("|"):
+            piped += 1
+            if not allow_commands:
+                why = (f"wav.scp:{n}: {key}: a piped entry runs the shell command {value[:-1].strip()!r}; wav.scp "
+                       "commands run only with --allow-commands (allow_commands=True), for data dirs you trust")
+        elif re.search(r"\.ark:\d+$", value) or (re.search(r":\d+$", value) and not os.path.exists(value)):
+            inputs.setdefault(os.path.abspath(value.rsplit(":", 1)[0]), f"archive of recording {key} (wav.scp:{n})")
+            why = (f"wav.scp:{n}: {key}: archive offsets ({value}) are not supported; "
+                   "write the audio out with wav-copy first")
+        else:
+            value = os.path.abspath(value)
+            inputs.setdefault(value, f"audio of recording {key} (wav.scp:{n})")
+        if key in recordings or key in unusable:  # its file is still an input: never written over
+            rejects.add(key, "duplicate_id", f"wav.scp:{n}: recording {key} listed twice (the first is kept)")
+            continue
+        if why is not None:
+            unusable[key] = ("unsupported", why)
+            continue
+        recordings[key] = value
+    if piped and not allow_commands and not recordings:
+        raise PrepareError(f"{path}: no entry can be used without running shell commands ({piped} piped `cmd |` "
+                           "entries); asrkd runs them only with --allow-commands (library: allow_commands=True): "
+                           "pass it if you trust this data dir")
+    for key, (kind, reason) in unusable.items():
+        rejects.add(key, kind, reason)
+    return recordings, unusable
+
+
 def import_kaldi(src: str | Path, rejects: Rejects, options: CheckOptions | None = None, *, jobs: int = 2,
-                 pipe_dir: Path | None = None, progress: bool = True) -> list[Utterance]:
+                 pipe_dir: Path | None = None, progress: bool = True, allow_commands: bool = False,
+                 outputs: Mapping[str, str | os.PathLike | None] | None = None) -> list[Utterance]:
     """A Kaldi data dir: ``wav.scp`` (required), ``text``, ``utt2spk``, ``segments`` (optional).
 
     ``wav.scp`` paths relative to the current folder are resolved as Kaldi does (relative to
-    where the recipe runs). Piped entries (``cmd ... |``) are run with bash and their audio
-    stored as FLAC under ``pipe_dir``; ``ark:`` offsets are rejected as ``unsupported``.
-    Utterances without a ``text`` line are unlabelled.
+    where the recipe runs). Piped entries (``cmd ... |``) are shell commands: with
+    ``allow_commands`` they are run with bash and their audio stored as FLAC under
+    ``pipe_dir``; without, they are rejected as ``unsupported`` (a :class:`PrepareError` when
+    no entry is left). ``ark:`` offsets are rejected as ``unsupported``; with ``segments``,
+    every segment of a recording that cannot be used is recorded too. Lines that are not
+    UTF-8 are ``malformed_line`` naming FILE:LINE, and the utterance (or recording) they name
+    is rejected. Utterances without a ``text`` line are unlabelled. ``outputs`` (name ->
+    path the caller will write) are refused, before anything is run, when one is a file the
+    data dir lists (see :func:`refuse_outputs_over_inputs`).
     """
     src = Path(src)
     options = options or CheckOptions()
     if not (src / "wav.scp").is_file():
         raise PrepareError(f"{src}: not a Kaldi data dir (no wav.scp)")
-    recordings: dict[str, str] = {}
-    for key, value, n in _read_table(src / "wav.scp", rejects, 2, "path or command |"):
-        value = value.strip()
-        if key in recordings:
-            rejects.add(key, "duplicate_id", f"wav.scp:{n}: recording {key} listed twice (the first is kept)")
-            continue
-        if not value.endswith("|"):
-            if re.search(r"\.ark:\d+$", value) or (re.search(r":\d+$", value) and not os.path.exists(value)):
-                rejects.add(key, "unsupported", f"wav.scp:{n}: {key}: archive offsets ({value}) are not supported; "
-                            "write the audio out with wav-copy first")
-                continue
-            value = os.path.abspath(value)
-        recordings[key] = value
-    texts = _first_wins(_read_table(src / "text", rejects, 2, "text"), rejects, "text") \
-        if (src / "text").is_file() else {}
-    spk = {k: v.strip() for k, v in _first_wins(_read_table(src / "utt2spk", rejects, 2, "speaker"),
-                                                 rejects, "utt2spk").items()} \
-        if (src / "utt2spk").is_file() else {}
-
-    candidates: list[Candidate] = []
-    listed: set[str] = set()  # utterance ids with an audio entry, usable or not
+    inputs: dict[str, str] = {}
+    recordings, unusable = _kaldi_recordings(src / "wav.scp", rejects, inputs, allow_commands)
+    bad: dict[str, str] = {}  # utterance id -> why its text / utt2spk line cannot be read
+    texts = _kaldi_map(src / "text", rejects, "text", bad, inputs)
+    spk = {k: v.strip() for k, v in _kaldi_map(src / "utt2spk", rejects, "speaker", bad, inputs).items()}
     if (src / "segments").is_file():
-        for key, rest, n in _read_table(src / "segments", rejects, 2, "recording start end"):
-            listed.add(key)
-            fields = rest.split()
-            try:
-                if len(fields) != 3:
-                    raise ValueError
-                rec, start, end = fields[0], float(fields[1]), float(fields[2])
-            except ValueError:
-                rejects.add(key, "malformed_line", f"segments:{n}: expected '<utt> <recording> <start> <end>', "
-                            f"got {key} {rest!r}")
-                continue
-            if start < 0 or (end != -1 and end <= start):
-                rejects.add(key, "malformed_line", f"segments:{n}: {key}: bad times start={start} end={end}")
-                continue
-            if rec not in recordings:
-                rejects.add(key, "missing_file", f"segments:{n}: {key}: recording {rec} is not in wav.scp")
-                continue
-            candidates.append(Candidate(key, recordings[rec], texts.get(key), spk.get(key), start,
-                                        None if end == -1 else end, recording=rec))
+        inputs[str((src / "segments").resolve())] = "Kaldi file segments of the source"
+        candidates, listed = _kaldi_segments(src / "segments", recordings, unusable, texts, spk, rejects)
     else:
-        listed.update(rejects.ids("unsupported"))
-        for key, value in recordings.items():
-            listed.add(key)
-            candidates.append(Candidate(key, value, texts.get(key), spk.get(key), recording=key))
+        listed = set(unusable)
+        candidates = [Candidate(key, value, texts.get(key), spk.get(key), recording=key)
+                      for key, value in recordings.items()]
+        listed.update(recordings)
+    for key, reason in bad.items():
+        rejects.add(key, "malformed_line", reason)
+    candidates = [c for c in candidates if c.id not in bad]
     for key in texts:
         if key not in listed:
             rejects.add(key, "orphan_text", f"text: {key} has no audio entry (wav.scp/segments)")
-    return finalize(candidates, rejects, options, jobs=jobs, pipe_dir=pipe_dir, progress=progress)
+    return finalize(candidates, rejects, options, jobs=jobs, pipe_dir=pipe_dir, progress=progress,
+                    allow_commands=allow_commands, outputs=outputs, inputs=inputs)
+
+
+def _kaldi_segments(path: Path, recordings: dict[str, str], unusable: dict[str, tuple[str, str]],
+                    texts: dict[str, str], spk: dict[str, str], rejects: Rejects) -> tuple[list[Candidate], set[str]]:
+    """One candidate per good ``segments`` line, and every utterance id the file lists."""
+    candidates: list[Candidate] = []
+    rows, broken = _read_table(path, rejects, 2, "recording start end")
+    listed = set(broken)
+    for key, reason in broken.items():
+        rejects.add(key, "malformed_line", reason)
+    for key, rest, n in rows:
+        listed.add(key)
+        fields = rest.split()
+        try:
+            if len(fields) != 3:
+                raise ValueError
+            rec, start, end = fields[0], float(fields[1]), float(fields[2])
+        except ValueError:
+            rejects.add(key, "malformed_line", f"segments:{n}: expected '<utt> <recording> <start> <end>', "
+                        f"got {key} {rest!r}")
+            continue
+        if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or (end != -1 and end <= start):
+            rejects.add(key, "malformed_line", f"segments:{n}: {key}: bad times start={start} end={end}")
+            continue
+        if rec in unusable:
+            kind, why = unusable[rec]
+            rejects.add(key, kind, f"segments:{n}: {key}: its recording {rec} cannot be used ({why})")
+            continue
+        if rec not in recordings:
+            rejects.add(key, "missing_file", f"segments:{n}: {key}: recording {rec} is not in wav.scp")
+            continue
+        candidates.append(Candidate(key, recordings[rec], texts.get(key), spk.get(key), start,
+                                    None if end == -1 else end, recording=rec))
+    return candidates, listed
 
 
 # -- LibriSpeech ----------------------------------------------------------------------------------
 def import_librispeech(src: str | Path, rejects: Rejects, options: CheckOptions | None = None, *,
-                       jobs: int = 2, progress: bool = True) -> list[Utterance]:
+                       jobs: int = 2, progress: bool = True,
+                       outputs: Mapping[str, str | os.PathLike | None] | None = None) -> list[Utterance]:
     """A LibriSpeech tree (any folder above ``SPEAKER/CHAPTER/``): ``*.trans.txt`` lines
     ``ID TEXT`` with ``ID.flac`` beside them; speaker = the first part of the id. Audio with no
-    transcript line is kept as unlabelled."""
+    transcript line is kept as unlabelled; a transcript line that is not UTF-8 rejects its
+    utterance. ``outputs``: as for :func:`import_kaldi`."""
     src = Path(src)
     options = options or CheckOptions()
     if not src.is_dir():
@@ -343,26 +526,41 @@ def import_librispeech(src: str | Path, rejects: Rejects, options: CheckOptions 
         raise PrepareError(f"{src}: no *.trans.txt files (not a LibriSpeech tree)")
     candidates: list[Candidate] = []
     listed: set[Path] = set()
+    inputs: dict[str, str] = {}
     for tf in trans_files:
-        for key, text, n in _read_table(tf, rejects, 2, "text"):
-            audio = tf.parent / f"{key}.flac"
-            if not audio.exists() and (tf.parent / f"{key}.wav").exists():
-                audio = tf.parent / f"{key}.wav"
+        inputs[str(tf.resolve())] = "transcript file of the source"
+        rows, broken = _read_table(tf, rejects, 2, "text")
+        for key, reason in broken.items():  # its audio is not imported as unlabelled either
+            rejects.add(key, "malformed_line", reason)
+            listed.add(_librispeech_audio(tf.parent, key))
+        for key, text, _ in rows:
+            audio = _librispeech_audio(tf.parent, key)
             listed.add(audio)
-            candidates.append(Candidate(key, str(audio.resolve()), text, key.split("-")[0]))
+            if key not in broken:
+                candidates.append(Candidate(key, str(audio.resolve()), text, key.split("-")[0]))
     for d in sorted({tf.parent for tf in trans_files}):
         for audio in sorted(d.glob("*.flac")):
             if audio not in listed:
                 candidates.append(Candidate(audio.stem, str(audio.resolve()), None, audio.stem.split("-")[0]))
-    return finalize(candidates, rejects, options, jobs=jobs, progress=progress)
+    inputs.update((c.audio, f"audio of {c.id}") for c in candidates)
+    return finalize(candidates, rejects, options, jobs=jobs, progress=progress, outputs=outputs, inputs=inputs)
+
+
+def _librispeech_audio(folder: Path, key: str) -> Path:
+    audio = folder / f"{key}.flac"
+    return folder / f"{key}.wav" if not audio.exists() and (folder / f"{key}.wav").exists() else audio
 
 
 # -- folder ---------------------------------------------------------------------------------------
 def import_folder(src: str | Path, rejects: Rejects, options: CheckOptions | None = None, *, jobs: int = 2,
-                  progress: bool = True) -> list[Utterance]:
+                  progress: bool = True, outputs: Mapping[str, str | os.PathLike | None] | None = None
+                  ) -> list[Utterance]:
     """Audio files anywhere under ``src`` with optional same-stem ``.txt`` transcripts (no
-    ``.txt``: unlabelled). id = path relative to ``src`` without suffix (whitespace -> ``_``);
-    speaker = the relative folder, if any."""
+    ``.txt``: unlabelled). id = path relative to ``src`` without suffix, whitespace -> ``_``;
+    when that changed the path or two files would share an id, ``-<hash of the relative path>``
+    is appended (see :func:`_folder_ids`); files differing only in suffix (``x.wav``,
+    ``x.flac``) share a transcript: the first is kept, the others are ``duplicate_id``.
+    speaker = the relative folder, if any. ``outputs``: as for :func:`import_kaldi`."""
     src = Path(src)
     options = options or CheckOptions()
     if not src.is_dir():
@@ -372,10 +570,19 @@ def import_folder(src: str | Path, rejects: Rejects, options: CheckOptions | Non
     if not audio_files:
         raise PrepareError(f"{src}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
     stems = {p.with_suffix("") for p in audio_files}
+    first: dict[Path, Path] = {}  # stem -> its first audio file (sorted: .flac before .wav)
+    for p in audio_files:
+        first.setdefault(p.with_suffix(""), p)
+    ids = _folder_ids(src, first)
     candidates: list[Candidate] = []
     for p in audio_files:
-        rel = p.relative_to(src).with_suffix("")
-        uid = re.sub(r"\s+", "_", rel.as_posix())
+        stem = p.with_suffix("")
+        uid = ids[stem]
+        if first[stem] != p:  # one .txt cannot label two files: the same recording in two formats
+            rejects.add(uid, "duplicate_id", f"{uid}: {p} has the same name as {first[stem]} but another "
+                        "suffix (the first one is kept)")
+            continue
+        rel = stem.relative_to(src)
         txt = p.with_suffix(".txt")
         text = None
         if txt.is_file():
@@ -390,7 +597,21 @@ def import_folder(src: str | Path, rejects: Rejects, options: CheckOptions | Non
         if p.suffix.lower() == ".txt" and p.with_suffix("") not in stems:
             rid = re.sub(r"\s+", "_", p.relative_to(src).as_posix())
             rejects.add(rid, "orphan_text", f"{p}: transcript without an audio file of the same stem")
-    return finalize(candidates, rejects, options, jobs=jobs, progress=progress)
+    inputs = {str(p.resolve()): f"file {p.relative_to(src)} of the source" for p in files
+              if p.suffix.lower() in (*AUDIO_SUFFIXES, ".txt")}
+    return finalize(candidates, rejects, options, jobs=jobs, progress=progress, outputs=outputs, inputs=inputs)
+
+
+def _folder_ids(src: Path, files: dict[Path, Path]) -> dict[Path, str]:
+    """One id per audio file (``files``: path without suffix -> the file): the relative path
+    with whitespace as ``_``, plus ``-<hash of the exact relative path>`` when that changed it
+    or when it equals another file's id (``a b.wav`` and ``a_b.wav`` are two utterances)."""
+    rel = {stem.relative_to(src).as_posix(): stem for stem in files}
+    ids, clash = _one_to_one(sorted(rel), lambda r: re.sub(r"\s+", "_", r), _id_digest, lambda i: i)
+    if clash:
+        a, b = (files[rel[k]] for k in clash)
+        raise PrepareError(f"{a} and {b} would get the same utterance id {ids[clash[0]]} (rename one of them)")
+    return {rel[k]: uid for k, uid in ids.items()}
 
 
 IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {

@@ -6,10 +6,11 @@ Format (one JSON object per line)::
      "text": "hello world", "speaker": "spk1", "offset": 12.5}
 
 ``id`` (unique, no whitespace), ``audio`` (path; a relative path is relative to the
-manifest's folder) and ``duration`` (seconds, > 0) are required. ``text`` is optional:
+manifest's folder) and ``duration`` (seconds, > 0, at most :data:`MAX_DURATION_S` = 24 h) are
+required. ``text`` is optional:
 an entry without it is unlabelled audio, allowed everywhere. ``offset`` (seconds) makes the
-entry the segment ``[offset, offset + duration)`` of the file; without it the entry is the
-whole file. Other keys are kept in ``extra`` and written back unchanged.
+entry the segment ``[offset, offset + duration)`` of the file (at most :data:`MAX_OFFSET_S` =
+30 days in); without it the entry is the whole file. Other keys are kept in ``extra`` and written back unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ from asrkd.atomic import atomic_write
 from .rejects import Rejects
 
 _KNOWN = ("id", "audio", "duration", "text", "speaker", "offset")
+# Sanity bounds: a larger value is a corrupt field, not audio (1e308 s overflowed int(samples) in the
+# dataset). No utterance is a day long; no recording a segment is cut from runs for a month.
+MAX_DURATION_S = 24 * 3600.0
+MAX_OFFSET_S = 30 * 24 * 3600.0
 
 
 class ManifestError(ValueError):
@@ -69,6 +74,9 @@ class Utterance:
             raise ManifestError(f"{self.id}: duration must be a finite number, got {self.duration!r}", id=self.id)
         if self.duration <= 0:
             raise ManifestError(f"{self.id}: duration {self.duration} s: no audio", "empty_audio", id=self.id)
+        if self.duration > MAX_DURATION_S:
+            raise ManifestError(f"{self.id}: duration {self.duration!r} s is above the sanity bound of "
+                                f"{MAX_DURATION_S:.0f} s (24 h): a corrupt field, not an utterance", id=self.id)
         if self.text is not None:
             if not isinstance(self.text, str):
                 raise ManifestError(f"{self.id}: text must be a string, got {type(self.text).__name__}", id=self.id)
@@ -79,6 +87,9 @@ class Utterance:
         if self.offset is not None and (isinstance(self.offset, bool) or not isinstance(self.offset, (int, float))
                                         or not math.isfinite(self.offset) or self.offset < 0):
             raise ManifestError(f"{self.id}: offset must be a number >= 0, got {self.offset!r}", id=self.id)
+        if self.offset is not None and self.offset > MAX_OFFSET_S:
+            raise ManifestError(f"{self.id}: offset {self.offset!r} s is above the sanity bound of "
+                                f"{MAX_OFFSET_S:.0f} s (30 days): a corrupt field", id=self.id)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "audio": self.audio, "duration": round(float(self.duration), 4)}

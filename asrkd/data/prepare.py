@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -30,12 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hop-ms", type=float, default=10.0, help="feature hop for the CTC length check (default 10)")
     p.add_argument("--pipe-dir", type=Path, default=None,
                    help="kaldi: where audio from piped wav.scp entries is stored (default: OUT stem + '.audio/')")
+    p.add_argument("--allow-commands", action="store_true",
+                   help="kaldi: run piped wav.scp entries (`cmd ... |`) with bash -c; without it they are rejected "
+                        "as unsupported. A command can do anything your user can: only for data dirs you trust")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
     """The manifest and the report are distinct, and neither replaces a file of the source
-    (``prepare kaldi data/train data/train/text`` would destroy the transcripts it reads)."""
+    (``prepare kaldi data/train data/train/text`` would destroy the transcripts it reads), even
+    one the import does not read (``spk2utt``). Files listed outside the source (``wav.scp``
+    audio elsewhere) and the piped recordings' files are checked by the importer (``outputs``)."""
     from asrkd.atomic import refuse_overwrite
 
     outputs = {"OUT": args.out, "--report": args.report}
@@ -54,7 +58,7 @@ def _read_by_import(path: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .importers import IMPORTERS, CheckOptions, PrepareError
+    from .importers import IMPORTERS, CheckOptions
     from .manifest import manifest_stats, save_manifest
     from .rejects import Rejects
     from .tokenizer import CharTokenizer, load_tokenizer
@@ -69,14 +73,12 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = CharTokenizer.english()
     options = CheckOptions(tokenizer=tokenizer, subsampling=args.subsampling, hop_ms=args.hop_ms)
     rejects = Rejects()
-    kwargs = {"jobs": args.jobs, "progress": not args.quiet}
+    # the importer refuses these over any file the source lists, before it runs or writes anything
+    kwargs = {"jobs": args.jobs, "progress": not args.quiet, "outputs": {"OUT": args.out, "--report": args.report}}
     if args.layout == "kaldi":
         kwargs["pipe_dir"] = args.pipe_dir or args.out.parent / (args.out.name.split(".")[0] + ".audio")
-    try:
-        utts = IMPORTERS[args.layout](args.src, rejects, options, **kwargs)
-    except (PrepareError, OSError) as err:
-        print(f"asrkd prepare: error: {err}", file=sys.stderr)
-        return 2
+        kwargs["allow_commands"] = args.allow_commands
+    utts = IMPORTERS[args.layout](args.src, rejects, options, **kwargs)  # PrepareError: one line from asrkd.cli
     save_manifest(args.out, utts)  # after the import: a failed one leaves an old manifest as it was
     if args.report is not None:
         rejects.write_report(args.report)

@@ -25,14 +25,15 @@ KINDS: dict[str, str] = {
     "empty_audio": "zero samples",
     "nan_audio": "NaN or Inf samples",
     "out_of_range": "the segment lies (partly) outside the audio file",
-    "unsupported": "an entry form asrkd does not handle (e.g. Kaldi ark: entries)",
+    "unsupported": "an entry form asrkd does not handle (Kaldi ark: entries), or will not without an opt-in "
+                   "(piped wav.scp commands without --allow-commands)",
     "pipe_failed": "a Kaldi wav.scp command (`cmd |`) failed or gave no audio",
     "orphan_text": "a transcript whose audio is not listed (Kaldi text without wav.scp/segments entry, "
                    ".txt without audio)",
     "empty_text": "an empty or whitespace-only transcript",
     "oov_chars": "characters outside the vocabulary",
     "too_short_for_ctc": "fewer frames after subsampling than label length + adjacent repeats",
-    "too_short": "shorter than the minimum duration",
+    "too_short": "shorter than the minimum duration, or too short for one feature frame",
     "too_long": "longer than the maximum duration (or than a batch may hold)",
 }
 

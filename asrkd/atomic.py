@@ -13,7 +13,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any, Callable, Iterable, Mapping
 
 # A temporary is named after its writer, so that a later writer can tell a killed one's
 # leftovers (same host, process gone) from a live concurrent writer's.
@@ -47,7 +47,7 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> list
         except (IndexError, ValueError):
             continue
         if pid != os.getpid() and not _writer_alive(pid):
-            tmp.unlink(missing_ok=True)
+            _unlink_quietly(tmp)
             removed.append(tmp)
     return removed
 
@@ -69,18 +69,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode
         raise _named(err, path.parent) from None
     remove_stale_temporaries(path.parent, path.name)
     tmp = _temp_name(path)
+    recorder = None
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
+            recorder = _Recorder(f)
+            write(recorder)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _named(err, path) from None
+        _unlink_quietly(tmp)
+        # A writer in C++ (torch.save) turns a failed write into its own error ("unexpected
+        # pos ..."): the OSError it swallowed says what happened (no space left, ...).
+        cause = err if isinstance(err, OSError) else (recorder.error if recorder is not None else None)
+        if cause is not None and not isinstance(err, KeyboardInterrupt):
+            raise _named(cause, path) from None
         raise
     if not durable:
         return
@@ -89,6 +94,40 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class _Recorder:
+    """The temporary file as the writer sees it: every call goes to the file, and the first
+    ``OSError`` a write or flush raises is kept, whatever the writer does with it."""
+
+    def __init__(self, f: IO[Any]):
+        self._f = f
+        self.error: OSError | None = None
+
+    def _call(self, name: str, *args):
+        try:
+            return getattr(self._f, name)(*args)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def write(self, data):
+        return self._call("write", data)
+
+    def flush(self):
+        return self._call("flush")
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+def _unlink_quietly(path: Path) -> None:
+    """Remove a temporary after a failure without hiding that failure (on a read-only file
+    system even a missing file's unlink raises)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -126,8 +165,21 @@ def refuse_overwrite(outputs: Mapping[str, str | os.PathLike | None],
             if out.resolve() == src.resolve() or _same_file(out, src):
                 raise ValueError(f"{out_name} {out} is the input {in_name} {src}: writing it would destroy the "
                                  "input; choose another output path")
+            if src.is_dir() and out.exists() and out.resolve().is_relative_to(src.resolve()):
+                raise ValueError(f"{out_name} {out} is a file of the input {in_name} {src}: writing it would "
+                                 "destroy part of that input; choose another output path")
     names = list(outs)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if outs[a].resolve() == outs[b].resolve():
                 raise ValueError(f"{a} and {b} are the same path {outs[a]}: one would overwrite the other")
+
+
+def refuse_overwrite_files(outputs: Mapping[str, str | os.PathLike | None], files: Iterable[str | os.PathLike],
+                           what: str) -> None:
+    """:func:`refuse_overwrite` against many inputs at once (e.g. every audio file a manifest
+    lists): ``ValueError`` naming the output and ``what`` the input is."""
+    resolved = {Path(f).resolve() for f in files}
+    for name, out in outputs.items():
+        if out is not None and str(out) != "-" and Path(out).resolve() in resolved:
+            raise ValueError(f"{name} {out} is {what}: writing it would destroy that input; choose another path")

@@ -29,6 +29,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -96,12 +97,37 @@ def _numpy_rng_globals() -> list[Any]:
     return [np.ndarray, np.dtype, type(np.dtype(np.uint32)), core.multiarray._reconstruct]
 
 
-def _unsafe_globals(path: Path, err: Exception) -> str:
+def _unsafe_globals(path: Path, err: Exception) -> list[str]:
+    """The Python objects a refused pickle asks for."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # a legacy (non-zip) file: take the name from the error itself
-        names = re.findall(r"GLOBAL ([\w.]+)", str(err)) or re.findall(r"Unsupported class ([\w.]+)", str(err))
-    return ", ".join(names) or "objects that are not tensors or plain data"
+    except Exception:  # a legacy (non-zip) file: take the names from the error itself
+        names = []
+    text = str(err)
+    return names or re.findall(r"\bGLOBAL ([\w.]+)", text) or re.findall(r"Unsupported class ([\w.]+)", text)
+
+
+# torch.save never compresses; a .pt whose entries inflate far beyond the file is a zip bomb.
+_MAX_INFLATION = 16
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse what ``torch.load`` should not even start on: a TorchScript archive (not a
+    checkpoint) and a zip whose entries inflate far beyond the file's size."""
+    if not zipfile.is_zipfile(path):
+        return  # legacy torch.save format or not a torch file: torch.load decides
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (broken zip archive: {err})") from None
+    if any(i.filename.endswith(("/constants.pkl", "/code/__torch__.py")) or "/code/" in i.filename for i in infos):
+        raise CheckpointError(f"{path} is a TorchScript export (e.g. from `asrkd export`), not a checkpoint: "
+                              "load it with asrkd.students.export.load_exported")
+    inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED)
+    if inflated > _MAX_INFLATION * max(path.stat().st_size, 1 << 20):
+        raise CheckpointError(f"{path}: refused: its compressed entries would inflate to {inflated / 2**30:.1f} GiB "
+                              f"from a {path.stat().st_size / 2**20:.1f} MiB file (torch.save never compresses)")
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust: bool | None = None) -> Any:
@@ -110,21 +136,34 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_archive(path)
     if _TRUST.get() if trust is None else trust:
         warnings.warn(f"{path}: fully unpickled (--trust-checkpoint): any code it holds has run", stacklevel=2)
         return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(_numpy_rng_globals()):
+        with torch.serialization.safe_globals(_numpy_rng_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's notes on pickle protocols
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if not re.search(r"Unsupported (global|class)", str(err)):  # not refused: not a pickle torch can read
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+        wanted = _unsafe_globals(path, err)
+        if not wanted:  # not refused: not a pickle torch can read
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_torch_reason(err)})") from None
         raise CheckpointError(
             f"{path}: refused: loading it would run Python code or build objects asrkd does not allow "
-            f"({_unsafe_globals(path, err)}); asrkd checkpoints hold only tensors and plain data. If you made "
+            f"({', '.join(wanted)}); asrkd checkpoints hold only tensors and plain data. If you made "
             "this file yourself and trust it, pass --trust-checkpoint (library: trust=True)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_torch_reason(err)})") from None
+
+
+def _torch_reason(err: Exception) -> str:
+    """The informative part of a torch.load error, without its advice to load unsafely."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln
+             and not ln.strip().startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))]
+    return lines[0] if lines else type(err).__name__
 
 
 def _first_line(err: Exception) -> str:
@@ -164,9 +203,27 @@ def model_from_state(state: dict[str, Any], source: str | os.PathLike) -> torch.
     for key in ("arch", "model"):
         if key not in state:
             raise CheckpointError(f"{source}: checkpoint has no {key!r} entry")
+    weights, kwargs = state["model"], state.get("model_kwargs", {})
+    if not isinstance(weights, dict) or not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source}: 'model' and 'model_kwargs' must be dicts")
     try:
-        model = build_model(state["arch"], **state.get("model_kwargs", {}))
-        model.load_state_dict(state["model"])
-    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        with torch.device("meta"):  # shapes only: a file cannot make us allocate what its weights do not hold
+            _check_shapes(build_model(state["arch"], **kwargs), weights, source)
+        model = build_model(state["arch"], **kwargs)
+        model.load_state_dict(weights)
+    except (KeyError, TypeError, RuntimeError, ValueError, NotImplementedError) as err:
+        if isinstance(err, CheckpointError):
+            raise
         raise CheckpointError(f"{source}: cannot rebuild its {state['arch']!r} model: {_first_line(err)}") from None
     return model
+
+
+def _check_shapes(probe: torch.nn.Module, weights: dict[str, Any], source) -> None:
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
+    problems = [f"{k}: {have.get(k, 'missing')} in the file, {shape} for its model_kwargs"
+                for k, shape in want.items() if have.get(k) != shape]
+    problems += [f"{k}: not a parameter of its model" for k in weights if k not in want]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{source}: its weights do not match its model_kwargs: {'; '.join(problems[:3])}{more}")

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from asrkd.atomic import atomic_write, refuse_overwrite, write_text
+from asrkd.atomic import atomic_write, refuse_overwrite, refuse_overwrite_files, write_text
 from asrkd.data.sampler import duration_batches
 
 HELP = "decode a manifest with an asrkd checkpoint (full-utterance or streaming) into Kaldi-style hypotheses"
@@ -851,7 +851,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asrkd.data import Rejects
+    from asrkd.data import Rejects, load_manifest
+    from asrkd.teachers import spec_file
 
     def fail(msg: str) -> int:
         print(f"asrkd decode: error: {msg}", file=sys.stderr)
@@ -859,35 +860,36 @@ def run(args: argparse.Namespace) -> int:
 
     if args.chunk_ms is not None and not args.streaming:
         return fail("--chunk-ms needs --streaming")
+    if args.chunk_ms is not None and not (math.isfinite(args.chunk_ms) and args.chunk_ms > 0):
+        return fail(f"--chunk-ms must be a positive number of milliseconds, got {args.chunk_ms}")
     beam_only = (args.lexicon, args.lm, args.lm_weight, args.word_score)
     if args.decoder == "greedy" and any(x is not None for x in beam_only):
         return fail("--lexicon/--lm/--lm-weight/--word-score need --decoder beam")
     if args.beam < 1:
         return fail(f"--beam must be >= 1, got {args.beam}")
-    if args.batch_seconds <= 0:
+    if not (math.isfinite(args.batch_seconds) and args.batch_seconds > 0):
         return fail(f"--batch-seconds must be > 0, got {args.batch_seconds}")
     if not Path(args.manifest).is_file():
-        return fail(f"manifest not found: {args.manifest}")
-    checkpoint = args.checkpoint[len("asrkd:"):] if args.checkpoint.startswith("asrkd:") else args.checkpoint
-    refuse_overwrite({"--out": args.out, "--json": args.json, "--report": args.report},
-                     {"--manifest": args.manifest, "--checkpoint": checkpoint, "--lexicon": args.lexicon,
-                      "--lm": args.lm, "--emission-delay-ref": args.emission_delay_ref})
+        raise FileNotFoundError(f"manifest not found: {args.manifest}")
+    outputs = {"--out": args.out, "--json": args.json, "--report": args.report}
+    refuse_overwrite(outputs, {"--manifest": args.manifest, "--checkpoint": spec_file(args.checkpoint),
+                               "--lexicon": args.lexicon, "--lm": args.lm,
+                               "--emission-delay-ref": spec_file(args.emission_delay_ref)})
+    audio = [u.audio for u in load_manifest(args.manifest, Rejects(), audio_only=True)]
+    refuse_overwrite_files(outputs, audio, f"an audio file of {args.manifest}")
     options = {k: v for k, v in (("lm_weight", args.lm_weight), ("word_score", args.word_score)) if v is not None}
     if options and args.beam_backend == "asrkd":
         return fail("--lm-weight/--word-score belong to the torchaudio beam search")
     rejects = Rejects()
-    try:
-        hyps, stats = decode_manifest(
-            args.checkpoint, args.manifest, streaming=args.streaming, chunk_ms=args.chunk_ms, decoder=args.decoder,
-            beam=args.beam, lexicon=args.lexicon, lm=args.lm, beam_backend=args.beam_backend,
-            decoder_options=options or None, batch_seconds=args.batch_seconds, device=args.device,
-            threads=args.threads, emission_delay_ref=args.emission_delay_ref, rejects=rejects,
-            progress=not args.no_progress,
-        )
-    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as err:
-        return fail(str(err))
+    hyps, stats = decode_manifest(
+        args.checkpoint, args.manifest, streaming=args.streaming, chunk_ms=args.chunk_ms, decoder=args.decoder,
+        beam=args.beam, lexicon=args.lexicon, lm=args.lm, beam_backend=args.beam_backend,
+        decoder_options=options or None, batch_seconds=args.batch_seconds, device=args.device,
+        threads=args.threads, emission_delay_ref=args.emission_delay_ref, rejects=rejects,
+        progress=not args.no_progress,
+    )  # errors of the run itself (a refused checkpoint, bad audio settings): one line from asrkd.cli, exit 1
     if not hyps:
-        return fail(f"{args.manifest}: no entries to decode\n{rejects.summary()}")
+        raise ValueError(f"{args.manifest}: no entries to decode\n{rejects.summary()}")
     write_hypotheses(args.out, hyps)
     stats["out"] = str(args.out)
     print(format_summary(stats))

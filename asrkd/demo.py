@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import torch
@@ -38,7 +39,14 @@ def run(args: argparse.Namespace) -> int:
     import asrkd.ops as ops
     from asrkd.ops import reference
 
-    B, T, V = (int(x) for x in args.shape.split(","))
+    try:
+        B, T, V = (int(x) for x in args.shape.split(","))
+    except ValueError:
+        print(f"error: --shape must be three integers B,T,V, got {args.shape!r}", file=sys.stderr)
+        return 2
+    if min(B, T, V) < 1 or B * T * V > 2**28:
+        print(f"error: --shape {args.shape}: each of B, T, V must be >= 1 and B*T*V <= 2^28", file=sys.stderr)
+        return 2
     g = torch.Generator().manual_seed(args.seed)
     student = (torch.randn(B, T, V, generator=g) * 3).requires_grad_()
     teacher = torch.randn(B, T, V, generator=g) * 3

@@ -31,11 +31,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="results JSON (default EXP/results.json)")
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path, *required: str) -> dict | None:
+    """A JSON object another stage wrote (None when absent); ``ValueError`` naming the file
+    when it is not one, or lacks a ``required`` key."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err}); rerun the stage that writes it") from None
+    missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
+    if not isinstance(obj, dict) or missing:
+        raise ValueError(f"{path}: expected a JSON object with {', '.join(required) or 'fields'}; rerun the stage "
+                         "that writes it")
+    return obj
+
+
+def _inputs(exp: Path) -> dict[str, Path]:
+    """Every file :func:`collect` reads."""
+    files = {"stages.json": exp / "stages.json"}
+    for name in MODELS:
+        files[f"{name} checkpoint"] = _checkpoint_of(exp, name)
+        files[f"{name} history"] = exp / name / "history.json"
+        for mode in ("", "_streaming"):
+            for f in ("wer.json", "stats.json"):
+                files[f"decode/{name}{mode}/{f}"] = exp / "decode" / f"{name}{mode}" / f
+    return files
 
 
 def _checkpoint_of(exp: Path, name: str) -> Path:
@@ -58,7 +79,7 @@ def collect(exp: Path) -> dict[str, Any]:
         ckpt = _checkpoint_of(exp, name)
         entry: dict[str, Any] = {"checkpoint": str(ckpt), "params": _params(ckpt)}
         for mode in ("", "_streaming"):
-            wer = _read_json(exp / "decode" / f"{name}{mode}" / "wer.json")
+            wer = _read_json(exp / "decode" / f"{name}{mode}" / "wer.json", "wer", "cer")
             stats = _read_json(exp / "decode" / f"{name}{mode}" / "stats.json")
             if wer is None:
                 continue
@@ -71,7 +92,7 @@ def collect(exp: Path) -> dict[str, Any]:
                     entry["algorithmic_latency_ms"] = stats.get("algorithmic_latency_ms")
                     if stats.get("emission_delay"):
                         entry["emission_delay"] = stats["emission_delay"]
-        hist = _read_json(exp / name / "history.json")
+        hist = _read_json(exp / name / "history.json", "history")
         if hist:
             entry["dev_history"] = [
                 {k: h.get(k) for k in ("epoch", "dev_wer", "dev_cer", "train_loss")} for h in hist["history"]
@@ -151,11 +172,10 @@ def plot(results: dict[str, Any], out: Path) -> bool:
 def run(args: argparse.Namespace) -> int:
     exp = args.exp
     if not exp.is_dir():
-        print(f"asrkd report: {exp} is not a folder")
-        return 2
+        raise FileNotFoundError(f"--exp {exp}: no such experiment folder")
     out = args.out or exp / "results.json"
     refuse_overwrite({"--out": out, "results.md": exp / "results.md", "dev_curves.png": exp / "dev_curves.png"},
-                     {f"{name} checkpoint": _checkpoint_of(exp, name) for name in MODELS})
+                     _inputs(exp))
     results = collect(exp)
     atomic_write(out, lambda f: f.write(json.dumps(results, indent=2) + "\n"), mode="w")
     md = table(results)

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from asrkd.atomic import atomic_write, remove_stale_temporaries, write_text
+from asrkd.atomic import atomic_write, refuse_overwrite, remove_stale_temporaries, write_text
 from asrkd.cache import CacheKeyError, TeacherCache, teacher_fingerprint, weights_hash
 from asrkd.checkpoint import load_checkpoint, save_checkpoint
 from asrkd.data import (ASRDataset, CharTokenizer, DurationBatchSampler, FeatureConfig, FeaturePipeline,
@@ -86,13 +86,14 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
         torch.set_num_threads(int(tr["threads"]))
     exp = Path(cfg["exp_dir"])
     if main:
+        _refuse_outputs_over_inputs(cfg, exp, resume_from)
         exp.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(exp)  # of checkpoint writes a kill interrupted
     log = _Log(exp / "train.log" if main else None)
     amp_dtype = torch.bfloat16 if tr["amp"] == "bf16" or (tr["amp"] == "auto" and device.type == "cuda") else None
     seed = int(cfg["seed"])
     seed_everything(seed)
-    ckpt = load_checkpoint(resume_from) if resume_from else None
+    ckpt = training_checkpoint(resume_from) if resume_from else None
     if ckpt is not None:
         changed = diff(ckpt["config"], cfg)
         log(f"resuming from {resume_from} (epoch {ckpt['epoch']}, batch {ckpt['batches_done']}, step {ckpt['step']})"
@@ -116,6 +117,7 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
         tokenizer = CharTokenizer.build([u.text for u in train_utts if u.has_text])
     feat_cfg = FeatureConfig.from_dict(ckpt["features"] if ckpt is not None else (d["features"] or {}))
     if ckpt is not None:
+        _check_same_front_end(resume_from, ckpt, d, feat_cfg, tokenizer)
         cmvn = GlobalCMVN.from_dict(ckpt["cmvn"])
     else:  # computed once (rank 0) and shared: every rank must normalise alike
         stats = _cmvn_stats(train_utts, feat_cfg, d, rejects) if main else None
@@ -234,11 +236,11 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
         resume_scheduler(scheduler, ckpt["step"])
         run.update({k: ckpt[k] for k in run})
         restore_rng(ckpt["rng"][ddp.rank])  # last: nothing after this may draw from the RNGs before the loop
-    if main:  # only now: a resume that fails above leaves the run's config as it was
-        write_text(exp / "config.yaml", dump(cfg))
     if run["epoch"] >= epochs or (tr["max_steps"] and run["step"] >= tr["max_steps"]):
         log(f"nothing to do: the run already reached epoch {run['epoch']}, step {run['step']}")
         return _summary(run, exp, rejects, t_start)
+    if main:  # only now: a resume that fails or does nothing leaves the run's config as it was
+        write_text(exp / "config.yaml", dump(cfg))
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if ddp.enabled else model
     tb = _tensorboard(exp) if main and tr["tensorboard"] else None
@@ -446,12 +448,46 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
     return summary
 
 
+RUN_FILES = ("last.pt", "best.pt", "config.yaml", "history.json", "train.log", "rejected.jsonl")
+
+
+def _refuse_outputs_over_inputs(cfg: dict[str, Any], exp: Path, resume_from) -> None:
+    """The files a run writes into ``exp_dir`` must not be its data, tokenizer or teacher
+    (``teacher.spec: exp/best.pt`` would be overwritten by the run it teaches)."""
+    from asrkd.teachers import spec_file
+
+    d, t = cfg["data"], cfg["teacher"]
+    inputs = {"data.train": d["train"], "data.dev": d["dev"], "data.tokenizer": d["tokenizer"],
+              "teacher.spec": spec_file(t["spec"]) if t["spec"] else None}
+    outputs = {f"exp_dir/{name}": exp / name for name in RUN_FILES}
+    if resume_from is not None:  # resuming from exp_dir/last.pt rewrites it: that is the point
+        outputs = {k: v for k, v in outputs.items() if Path(v).resolve() != Path(resume_from).resolve()}
+    refuse_overwrite(outputs, inputs)
+
+
+def _check_same_front_end(path, ckpt: dict[str, Any], d: dict[str, Any], feat_cfg: FeatureConfig,
+                          tokenizer) -> None:
+    """A resumed run keeps the features and the vocabulary it was trained with; a config that
+    asks for others is refused instead of being listed as a change that does not happen."""
+    wanted = FeatureConfig.from_dict(d["features"] or {}).to_dict()
+    have = feat_cfg.to_dict()
+    changed = [f"{k} {have.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(have) | set(wanted))
+               if have.get(k) != wanted.get(k)]
+    if changed:
+        raise TrainingError(f"--resume {path}: data.features differ from the checkpoint's front-end "
+                            f"({'; '.join(changed)}); a resumed run keeps its features: start a new run "
+                            "(another exp_dir) to change them")
+    if d["tokenizer"] and load_tokenizer(d["tokenizer"]).to_dict() != tokenizer.to_dict():
+        raise TrainingError(f"--resume {path}: data.tokenizer {d['tokenizer']} is not the vocabulary the run was "
+                            "trained with; start a new run to change it")
+
+
 def _cmvn_stats(utts, feat_cfg, d: dict[str, Any], rejects: Rejects) -> dict[str, Any]:
     try:
         return compute_cmvn(utts, feat_cfg, max_utterances=d["cmvn_utterances"], rejects=rejects).to_dict()
     except ValueError:  # every utterance it looked at had bad audio
         raise TrainingError(f"no usable training utterance in {d['train']}: none of those read for the CMVN "
-                            f"statistics (up to data.cmvn_utterances) has readable audio\n{rejects.summary()}") from None
+                            f"statistics (up to data.cmvn_utterances) has usable audio\n{rejects.summary()}") from None
 
 
 def _load_run_state(path, ckpt: dict[str, Any], model, optimizer, sampler, loss_fn) -> None:
@@ -626,12 +662,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     """The config (file <- overrides; with only ``--resume CKPT``, the checkpoint's) and the
     checkpoint to resume from."""
+    if args.resume not in (None, "auto") and "=" in args.resume and not Path(args.resume).exists():
+        # `--resume train.epochs=3`: argparse took the first override as the checkpoint
+        args.overrides, args.resume = [args.resume, *args.overrides], "auto"
     ckpt_path = Path(args.resume) if args.resume not in (None, "auto") else None
     base = None
     if args.config is None:
         if ckpt_path is None:
             raise ConfigError("--config is required (or --resume CKPT to continue with the checkpoint's config)")
-        base = load_checkpoint(ckpt_path)["config"]
+        base = training_checkpoint(ckpt_path)["config"]
     cfg = load_config(args.config, args.overrides, base=base)
     if args.resume == "auto":
         last = Path(cfg["exp_dir"]) / "last.pt"
@@ -641,6 +680,16 @@ def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:
     elif ckpt_path is not None and not ckpt_path.is_file():
         raise ConfigError(f"--resume: checkpoint not found: {ckpt_path}")
     return cfg, ckpt_path
+
+
+def training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint ``asrkd train`` wrote (one that can be resumed), or a one-line error."""
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("config", "optimizer", "sampler", "rng", "step", "epoch") if k not in ckpt]
+    if missing:
+        raise TrainingError(f"--resume {path}: an asrkd checkpoint, but not one `asrkd train` wrote (no "
+                            f"{', '.join(missing)}): only a run's last.pt / best.pt can be resumed")
+    return ckpt
 
 
 def run(args: argparse.Namespace) -> int:

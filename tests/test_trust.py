@@ -235,3 +235,239 @@ def test_decode_does_not_skip_good_audio_with_an_empty_transcript(tmp_path, caps
     lines = dict((line.split(" ", 1) + [""])[:2] for line in hyp.read_text().splitlines())
     assert set(lines) == {"c-000", "c-001", "c-002"} and lines["c-001"].strip(), lines
     assert "empty_text" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- real full / read-only disks
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 600 KiB tmpfs (root with mount rights only: skipped elsewhere); yields a mount helper."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("mount"):
+        pytest.skip("no mount command")
+    mounted = []
+
+    def mount(name: str, read_only: bool = False) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        opts = "size=600k" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def test_full_disk_during_a_checkpoint_write_is_named(tmp_path, small_fs, capsys):
+    from test_train import base_config
+
+    full = small_fs("full")
+    m = make_corpus(tmp_path, "train", 6)
+    import yaml
+
+    cfg = base_config(tmp_path, m, train={"epochs": 1})
+    cfg["exp_dir"] = str(full / "exp")
+    cfg["model"]["overrides"].update(d_model=96, ffn_dim=384, num_layers=2)  # a checkpoint larger than the disk
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert cli_main(["train", "--config", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and str(full / "exp") in err and "enforce fail" not in err, err
+    assert not list((full / "exp").glob(".*.tmp"))
+
+
+def test_read_only_output_folder_names_the_output(tmp_path, small_fs, corpus, capsys):
+    ro = small_fs("ro", read_only=True)
+    ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
+    capsys.readouterr()
+    assert cli_main(["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(ro / "h.txt"),
+                     "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {ro / 'h.txt'}: Read-only file system" in err and ".tmp" not in err, err
+
+
+def test_refusals_name_what_the_file_wants_in_every_format(tmp_path):
+    import os
+
+    marker = tmp_path / "PWNED"
+
+    class System:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "asrkd-checkpoint-v1", "x": System()}, tmp_path / "legacy.pt",
+               _use_new_zipfile_serialization=False)
+    torch.save({"format": "asrkd-checkpoint-v1", "x": System()}, tmp_path / "zip.pt")
+    for name in ("legacy.pt", "zip.pt"):
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(tmp_path / name)
+        msg = str(info.value)
+        assert "refused" in msg and "system" in msg and "--trust-checkpoint" in msg, msg
+        assert "weights_only=False" not in msg and "will likely succeed" not in msg, msg
+    assert not marker.exists()
+
+
+def test_a_torchscript_file_is_named_as_such(tmp_path):
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    torch.jit.save(torch.jit.script(M()), tmp_path / "m.ts")
+    with pytest.raises(CheckpointError, match="is a TorchScript export"):
+        load_checkpoint(tmp_path / "m.ts")
+
+
+def test_a_zip_bomb_is_refused_before_inflating(tmp_path):
+    import zipfile
+
+    torch.save({"format": "asrkd-checkpoint-v1", "w": torch.zeros(16 * 2**20)}, tmp_path / "plain.pt")  # 64 MiB
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, \
+            zipfile.ZipFile(tmp_path / "bomb.pt", "w", compression=zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    assert (tmp_path / "bomb.pt").stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"refused: its compressed entries would inflate to 0.1 GiB"):
+        load_checkpoint(tmp_path / "bomb.pt")
+
+
+def test_model_kwargs_cannot_make_us_allocate_beyond_the_weights(tmp_path):
+    """kwargs that ask for ~3 GiB of parameters: refused after a shapes-only (meta) build, with
+    the process never growing anywhere near that (checked in a child process's peak RSS)."""
+    import subprocess
+    import sys
+
+    path = Path(make_teacher(tmp_path / "s.pt").split(":", 1)[1])
+    state = load_checkpoint(path)
+    state["model_kwargs"] = dict(state["model_kwargs"], d_model=8192, ffn_dim=32768, num_layers=2)
+    torch.save(state, tmp_path / "big.pt")
+    code = ("import resource, sys, torch; from asrkd.checkpoint import load_model\n"
+            "try:\n    load_model(sys.argv[1])\nexcept Exception as e:\n    print(e)\n"
+            "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.pt")], capture_output=True, text=True,
+                         timeout=300).stdout
+    assert "its weights do not match its model_kwargs" in out, out
+    assert int(out.rsplit("peak_mb", 1)[1]) < 1500, out
+
+
+# --------------------------------------------------------------------------- second attack round
+
+
+def test_outputs_never_overwrite_inputs_named_through_specs(tmp_path, corpus, capsys):
+    import shutil
+
+    ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
+    ref = tmp_path / "ref.pt"
+    shutil.copy(ckpt, ref)
+    keep = {p: p.read_bytes() for p in (ref, corpus, *[Path(json.loads(x)["audio"]) for x in corpus.read_text()
+                                                        .splitlines()])}
+    audio0 = Path(json.loads(corpus.read_text().splitlines()[0])["audio"])
+    out = str(tmp_path / "h.txt")
+    attempts = [
+        ["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", out, "--no-progress",
+         "--emission-delay-ref", f"forced-align:{ref}", "--json", str(ref)],
+        ["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(audio0), "--no-progress"],
+        ["cache-teacher", "--teacher", f"asrkd:{ref}", "--manifest", str(corpus), "--out", str(tmp_path / "c"),
+         "--report", str(ref), "--quiet", "--num-workers", "0"],
+    ]
+    for argv in attempts:
+        capsys.readouterr()
+        assert cli_main(argv) != 0, argv
+        err = capsys.readouterr().err
+        assert "destroy" in err, (argv, err)
+    for path, data in keep.items():
+        assert path.read_bytes() == data, path
+
+
+def test_teacher_adapt_refuses_to_replace_the_whisper_weights(tmp_path, corpus, capsys):
+    weights = tmp_path / "w.bin"
+    weights.write_bytes(b"stand-in for model.bin")  # refused before anything is read
+    assert cli_main(["teacher-adapt", "--teacher", f"whisper:{weights}", "--train", str(corpus), "--tokenizer",
+                     str(tmp_path / "tok.json"), "--out", str(weights), "--no-progress"]) == 1
+    assert "destroy" in capsys.readouterr().err and weights.read_bytes() == b"stand-in for model.bin"
+
+
+def test_train_refuses_outputs_over_its_inputs(tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from test_train import base_config
+
+    m = make_corpus(tmp_path, "train", 6)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    teacher = Path(make_teacher(exp / "best.pt").split(":", 1)[1])
+    before = teacher.read_bytes()
+    cfg = base_config(tmp_path, m, train={"epochs": 1}, teacher={"spec": f"asrkd:{teacher}"},
+                      loss={"kd_weight": 0.5})
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", "--config", str(conf)]) == 1
+    assert "exp_dir/best.pt" in capsys.readouterr().err and teacher.read_bytes() == before
+    shutil.copy(m, exp / "history.json")
+    cfg2 = base_config(tmp_path, m, exp / "history.json", train={"epochs": 1})
+    conf.write_text(yaml.safe_dump(cfg2))
+    assert cli_main(["train", "--config", str(conf)]) == 1
+    assert "data.dev" in capsys.readouterr().err and (exp / "history.json").read_bytes() == m.read_bytes()
+
+
+def test_report_refuses_to_overwrite_what_it_reads(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    (exp / "student_kd").mkdir(parents=True)
+    hist = exp / "student_kd" / "history.json"
+    hist.write_text('{"history": [], "best": null}\n')
+    assert cli_main(["report", "--exp", str(exp), "--out", str(hist)]) == 1
+    assert "destroy" in capsys.readouterr().err and json.loads(hist.read_text())["history"] == []
+    (exp / "decode" / "teacher").mkdir(parents=True)
+    (exp / "decode" / "teacher" / "wer.json").write_text("{not json")
+    assert cli_main(["report", "--exp", str(exp)]) == 1
+    assert "wer.json: not a readable JSON file" in capsys.readouterr().err
+    assert cli_main(["report", "--exp", str(tmp_path / "nope")]) == 1
+    assert "no such experiment folder" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_front_end_and_keeps_config(tmp_path, capsys):
+    import yaml
+
+    from test_train import base_config
+
+    m = make_corpus(tmp_path, "train", 6)
+    cfg = base_config(tmp_path, m, train={"epochs": 1})
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["train", "--config", str(conf)]) == 0
+    exp = Path(cfg["exp_dir"])
+    before = (exp / "config.yaml").read_text()
+    capsys.readouterr()
+    assert cli_main(["train", "--config", str(conf), "--resume", "train.epochs=2", "data.features.n_mels=80"]) == 1
+    err = capsys.readouterr().err
+    assert "data.features differ from the checkpoint's front-end" in err and "n_mels 40 -> 80" in err, err
+    assert (exp / "config.yaml").read_text() == before
+    # a finished run resumed with other settings does nothing, and says so without rewriting its config
+    assert cli_main(["train", "--config", str(conf), "--resume", "train.log_every=7"]) == 0
+    assert (exp / "config.yaml").read_text() == before
+    # `--resume train.epochs=2` reads the override as an override (not as a checkpoint path)
+    assert cli_main(["train", "--config", str(conf), "--resume", "train.epochs=2"]) == 0
+    assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["epochs"] == 2
+    # a checkpoint that is not a training one cannot be resumed, said in one line
+    teacher = make_teacher(tmp_path / "t.pt").split(":", 1)[1]
+    capsys.readouterr()
+    assert cli_main(["train", "--resume", teacher]) == 1
+    assert "not one `asrkd train` wrote" in capsys.readouterr().err
+
+
+def test_decode_runtime_errors_exit_1_usage_errors_2(tmp_path, corpus, capsys):
+    ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
+    base = ["decode", "--manifest", str(corpus), "--out", str(tmp_path / "h.txt"), "--no-progress"]
+    assert cli_main(base + ["--checkpoint", str(tmp_path / "missing.pt")]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
+    assert cli_main(base + ["--checkpoint", ckpt, "--streaming", "--chunk-ms", "nan"]) == 2
+    assert "--chunk-ms must be a positive number" in capsys.readouterr().err

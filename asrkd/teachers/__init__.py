@@ -31,6 +31,7 @@ __all__ = [
     "build_whisper_ctc",
     "default_whisper_path",
     "load_teacher",
+    "spec_file",
     "load_whisper_encoder",
     "load_whisper_teacher",
 ]
@@ -87,6 +88,24 @@ def _load_pt(path: Path, kw: dict[str, Any]) -> FrozenTeacher:
     if isinstance(obj, dict) and "dims" in obj and "model_state_dict" in obj:
         return load_whisper_teacher(path, spec=f"whisper:{path}", **kw)
     raise ValueError(f"{path} is neither an asrkd checkpoint nor an openai-whisper checkpoint\n{SPEC_FORMS}")
+
+
+def spec_file(spec: str | os.PathLike | None) -> Path | None:
+    """The file or folder a teacher / checkpoint spec reads (``asrkd:X``, ``whisper:X``,
+    ``torchaudio-arch:ARCH:X``, ``hf:DIR``, ``forced-align:X``, a bare path), or None when
+    it names no local file (``whisper-tiny.en``, ``torchaudio:BUNDLE``, ``forced-align``):
+    what a command must not overwrite."""
+    if spec is None:
+        return None
+    spec = os.fspath(spec)
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in ("asrkd", "whisper", "hf", "forced-align"):
+        return Path(rest) if rest else None
+    if sep and kind == "torchaudio-arch":
+        return Path(rest.partition(":")[2]) if ":" in rest else None
+    if (sep and kind == "torchaudio") or spec in (DEFAULT_WHISPER, "forced-align"):
+        return None
+    return Path(spec)
 
 
 def load_teacher(spec: str | os.PathLike, **kw: Any) -> FrozenTeacher:

@@ -362,10 +362,10 @@ def run(args: argparse.Namespace) -> int:
     from asrkd.checkpoint import save_checkpoint
 
     from asrkd.atomic import refuse_overwrite
+    from asrkd.teachers import spec_file
 
-    teacher_path = args.teacher[len("asrkd:"):] if args.teacher.startswith("asrkd:") else args.teacher
     refuse_overwrite({"--out": args.out, "--tokenizer": args.tokenizer},
-                     {"--train": args.train, "--dev": args.dev, "--teacher": teacher_path})
+                     {"--train": args.train, "--dev": args.dev, "--teacher": spec_file(args.teacher)})
     t0 = time.monotonic()
     deadline = None if args.minutes is None else t0 + 60.0 * args.minutes
     progress = not args.no_progress
@@ -387,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
         if n:
             log(f"{name}: {n} unlabelled utterances skipped (a CTC head needs transcripts)")
     if not train_utts:
-        raise SystemExit(f"teacher-adapt: {args.train} has no labelled utterances")
+        raise ValueError(f"{args.train} has no labelled utterances (a CTC head needs transcripts)\n"
+                         f"{rejects['train'].summary()}")
     tokenizer = _tokenizer(args.tokenizer, [u.text for u in train_utts], log)
     model, source = _load_model(args.teacher, len(tokenizer), args)
     model.eval()
@@ -438,7 +439,7 @@ def run(args: argparse.Namespace) -> int:
         if len(rej):
             log(rej.summary(title=f"{name}: skipped"))
     if not train_utts:
-        raise SystemExit("teacher-adapt: no usable training utterance left (see the skip counts above)")
+        raise ValueError(f"no usable training utterance left in {args.train} (see the skip counts above)")
 
     frames_per_batch = int(args.max_seconds_per_batch * model.frame_rate)
     history = train(

@@ -61,16 +61,18 @@ class WhisperLogMel(nn.Module):
         import torchaudio
 
         self.n_mels = n_mels
-        self.register_buffer("window", torch.hann_window(N_FFT, periodic=True), persistent=False)
-        fb = torchaudio.functional.melscale_fbanks(
-            n_freqs=N_FFT // 2 + 1,
-            f_min=0.0,
-            f_max=SAMPLE_RATE / 2,
-            n_mels=n_mels,
-            sample_rate=SAMPLE_RATE,
-            norm="slaney",
-            mel_scale="slaney",
-        )  # (n_freqs, n_mels), the same matrix as librosa.filters.mel(sr=16000, n_fft=400)
+        with torch.device("cpu"):  # small constants: computed even when the model is built on "meta"
+            window = torch.hann_window(N_FFT, periodic=True)
+            fb = torchaudio.functional.melscale_fbanks(
+                n_freqs=N_FFT // 2 + 1,
+                f_min=0.0,
+                f_max=SAMPLE_RATE / 2,
+                n_mels=n_mels,
+                sample_rate=SAMPLE_RATE,
+                norm="slaney",
+                mel_scale="slaney",
+            )  # (n_freqs, n_mels), the same matrix as librosa.filters.mel(sr=16000, n_fft=400)
+        self.register_buffer("window", window, persistent=False)
         self.register_buffer("mel_fb", fb, persistent=False)
 
     @staticmethod

@@ -78,7 +78,12 @@ def load_hf_ctc(directory: str | os.PathLike) -> FrozenTeacher:
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"Hugging Face model directory not found or without config.json: {directory}")
     transformers = _require_transformers()
-    model = transformers.AutoModelForCTC.from_pretrained(str(directory), local_files_only=True)
+    try:  # local files only; never remote code; .bin weights go through torch.load(weights_only=True)
+        model = transformers.AutoModelForCTC.from_pretrained(str(directory), local_files_only=True,
+                                                             trust_remote_code=False)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
+        reason = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+        raise ValueError(f"hf:{directory}: cannot load it as a Hugging Face CTC model: {reason}") from None
     model.float()
     cfg = model.config
     do_normalize, attention_mask = True, False

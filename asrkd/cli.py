@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(only=command if command in COMMANDS else None)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]  # key=value overrides after an option (argparse stops at it)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from asrkd.checkpoint import trusted_checkpoints
 
     try:

@@ -695,6 +695,7 @@ def training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg, ckpt_path = resolve(args)
+        validate(cfg, partial=args.print_config)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

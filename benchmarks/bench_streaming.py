@@ -1,6 +1,6 @@
 """Streaming real-time factor of a student through ``asrkd decode``, feature extraction included.
 
-Runs :func:`asrkd.decode.decode_manifest` (the code behind ``asrkd decode --streaming``) on a
+Runs :func:`asrkd.eval.decode.decode_manifest` (the code behind ``asrkd decode --streaming``) on a
 manifest, one utterance at a time, audio pushed in chunks of ``--chunk-ms`` (default: the
 model's native chunk), on ``--threads`` CPU threads (default 1), and reports
 
@@ -37,7 +37,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from asrkd.decode import decode_manifest  # noqa: E402
+from asrkd.atomic import write_text  # noqa: E402
+from asrkd.eval.decode import decode_manifest  # noqa: E402
 
 TARGET_RTF = 0.05
 SR = 16000
@@ -50,10 +51,10 @@ def device_tag(device: str) -> str:
 
 
 def random_student_checkpoint(arch: str, size: str, path: Path) -> Path:
-    from asrkd.checkpoint import save_checkpoint
+    from asrkd.models.checkpoint import save_checkpoint
     from asrkd.data.features import FeatureConfig, GlobalCMVN
     from asrkd.data.tokenizer import CharTokenizer
-    from asrkd.students import ARCHS, build_student
+    from asrkd.models.students import ARCHS, build_student
 
     tok = CharTokenizer.english()
     torch.manual_seed(0)
@@ -158,7 +159,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / f"streaming_{device_tag(args.device)}.json"
-    out.write_text(json.dumps({"env": env, "results": rows}, indent=2) + "\n")
+    write_text(out, json.dumps({"env": env, "results": rows}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

@@ -2,9 +2,9 @@
 
 Both steps are what ``asrkd train`` does per batch: student forward, loss, backward, gradient
 clipping, AdamW step. The KD step also reads the teacher's targets from a real cache
-(``asrkd.cache``: memory-mapped shard slices, :meth:`~asrkd.cache.TeacherCache.loss_inputs`) and
+(``asrkd.kd.cache``: memory-mapped shard slices, :meth:`~asrkd.kd.cache.TeacherCache.loss_inputs`) and
 aligns them (50 -> 25 frames/s, the mini recipe's Whisper teacher and student) inside
-:class:`~asrkd.losses.DistillationLoss`. The cache is written once, before timing, by a
+:class:`~asrkd.kd.loss.DistillationLoss`. The cache is written once, before timing, by a
 stand-in teacher with fixed random logits at 50 frames/s (what is timed is reading and
 using the cache, not the teacher). Data loading and features are outside the step and equal
 for both (features are precomputed).
@@ -37,11 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from asrkd.cache import TeacherCache, build_cache  # noqa: E402
+from asrkd.atomic import write_text  # noqa: E402
+from asrkd.kd.cache import TeacherCache, build_cache  # noqa: E402
 from asrkd.data import CharTokenizer, Utterance  # noqa: E402
-from asrkd.losses import DistillationLoss  # noqa: E402
-from asrkd.students import build_student, count_parameters  # noqa: E402
-from asrkd.teachers import FrozenTeacher  # noqa: E402
+from asrkd.kd.loss import DistillationLoss  # noqa: E402
+from asrkd.models.students import build_student, count_parameters  # noqa: E402
+from asrkd.models.teachers import FrozenTeacher  # noqa: E402
 
 TEACHER_RATE = 50.0
 
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
             ratio = res["ratio_vs_ctc"].get(v)
             print(f"  {v:9s} {ms:9.1f} ms" + (f"   {ratio:.3f} x ctc (target <= 1.15)" if ratio else ""))
         path = out_dir / f"train_step_{device_tag(device)}.json"
-        path.write_text(json.dumps(res, indent=1) + "\n")
+        write_text(path, json.dumps(res, indent=1) + "\n")
         print(f"  wrote {path}")
     return 0
 

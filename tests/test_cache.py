@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_train import make_corpus, make_teacher
 
-from asrkd.cache import (
+from asrkd.kd.cache import (
     CacheIntegrityError,
     CacheKeyError,
     TeacherCache,
@@ -26,7 +26,7 @@ from asrkd.cache import (
     teacher_fingerprint,
 )
 from asrkd.data import Rejects, load_manifest
-from asrkd.teachers import load_teacher
+from asrkd.models.teachers import load_teacher
 
 
 def _quiet(msg: str) -> None:
@@ -371,9 +371,9 @@ def test_an_index_without_shard_hashes_is_not_trusted(corpus, clean, tmp_path):
 
 def _whisper_teacher(path: Path) -> str:
     """A tiny random whisper_ctc checkpoint: Whisper's log-mel front-end (hop 160) and conv stride 2."""
-    from asrkd.checkpoint import save_checkpoint
+    from asrkd.models.checkpoint import save_checkpoint
     from asrkd.data import CharTokenizer
-    from asrkd.teachers.whisper import WhisperCTC
+    from asrkd.models.teachers.whisper import WhisperCTC
 
     tok = CharTokenizer.build(["abcde"])
     torch.manual_seed(0)
@@ -408,7 +408,7 @@ def test_a_clip_too_short_for_the_whisper_front_end_is_a_reject(tmp_path, capsys
 def test_training_refuses_a_cache_with_an_altered_shard(tmp_path):
     from test_train import base_config
 
-    from asrkd.train import TrainingError, train
+    from asrkd.train.loop import TrainingError, train
 
     manifest = make_corpus(tmp_path, "train", 6, seed=0)
     spec = make_teacher(tmp_path / "teacher.pt")
@@ -533,7 +533,7 @@ def test_an_inconsistent_index_is_refused_up_front_and_recomputed(corpus, clean,
 def test_training_refuses_an_inconsistent_index_before_its_first_step(tmp_path):
     from test_train import base_config
 
-    from asrkd.train import TrainingError, train
+    from asrkd.train.loop import TrainingError, train
 
     manifest = make_corpus(tmp_path, "train", 6, seed=0)
     spec = make_teacher(tmp_path / "teacher.pt")

@@ -87,8 +87,8 @@ def test_dataset_and_cmvn_reject_a_wrong_duration(tmp_path):
 def test_cache_rejects_a_wrong_duration(tmp_path):
     from test_train import make_teacher
 
-    from asrkd.cache import build_cache
-    from asrkd.teachers import load_teacher
+    from asrkd.kd.cache import build_cache
+    from asrkd.models.teachers import load_teacher
 
     teacher = load_teacher(make_teacher(tmp_path / "t.pt"))
     build_cache(teacher, _liars(tmp_path), tmp_path / "c", num_workers=0, progress=False, log=lambda _: None)
@@ -100,7 +100,7 @@ def test_cache_rejects_a_wrong_duration(tmp_path):
 def test_decode_rejects_a_wrong_duration(tmp_path):
     from test_train import make_teacher
 
-    from asrkd.decode import decode_manifest
+    from asrkd.eval.decode import decode_manifest
 
     make_teacher(tmp_path / "m.pt")
     manifest = tmp_path / "m.jsonl"

@@ -45,7 +45,7 @@ def test_train_reject_summary_counts_items(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))
     from test_train import base_config, make_corpus
 
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     manifest = make_corpus(tmp_path, "train", 18, seed=0)
     rows = [json.loads(x) for x in manifest.read_text().splitlines()]

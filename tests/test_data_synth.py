@@ -11,7 +11,8 @@ from asrkd.cli import main as cli
 from asrkd.data.manifest import load_manifest
 from asrkd.data.synth import (ACCENTS, DEV_VARIANTS, TEST_VARIANTS, TRAIN_VARIANTS, SynthConfig, SynthError,
                               check_voices, load_words, plan, synthesize)
-from asrkd.data.tokenizer import CharTokenizer, normalize_text
+from asrkd.data.text import normalize_text
+from asrkd.data.tokenizer import CharTokenizer
 from asrkd.data.wordlist_build import DENY
 
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")

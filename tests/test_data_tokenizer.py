@@ -65,13 +65,6 @@ def test_char_vocabulary_from_data_and_oov():
         load_tokenizer({"type": "words"})
 
 
-def test_map_teacher_vocabulary():
-    tok = CharTokenizer.english()
-    teacher = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "'", "ab"]
-    mapping = tok.map_vocab(teacher, blank_id=0)
-    assert mapping == [0, -1, -1, -1, tok.space_id, tok.token_id("e"), tok.token_id("t"), tok.token_id("'"), -1]
-
-
 def test_bpe_same_interface(tmp_path):
     texts = SENTENCES * 20
     bpe = BPETokenizer.build(texts, vocab_size=60)
@@ -87,6 +80,3 @@ def test_bpe_same_interface(tmp_path):
     back = load_tokenizer(tmp_path / "bpe.json")
     assert isinstance(back, BPETokenizer) and back == bpe
     assert back.encode(SENTENCES[1]) == bpe.encode(SENTENCES[1])
-    mapping = bpe.map_vocab(["<pad>", "\u2581the", "zzzz"], blank_id=0)
-    assert mapping[0] == 0 and mapping[2] == -1
-    assert mapping[1] == (bpe.token_id("\u2581the") if bpe.token_id("\u2581the") is not None else -1)

@@ -11,11 +11,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrkd.checkpoint import save_checkpoint
+from asrkd.models.checkpoint import save_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.data.features import FeatureConfig, GlobalCMVN
 from asrkd.data.tokenizer import CharTokenizer
-from asrkd.decode import (
+from asrkd.eval.decode import (
     Emission,
     decode_manifest,
     delay_summary,
@@ -24,7 +24,7 @@ from asrkd.decode import (
     token_emissions,
     write_hypotheses,
 )
-from asrkd.students import build_student
+from asrkd.models.students import build_student
 
 TINY = dict(d_model=32, num_heads=2, ffn_dim=64, num_layers=2, frontend_channels=8, dropout=0.0, kernel_size=5)
 SR = 16000
@@ -157,7 +157,7 @@ def test_streaming_equals_full_utterance(corpus):
     assert stats["observed_latency_ms"] == pytest.approx(295.0)  # pushes line up with segments
 
     # an in-memory student (as a trainer holds it) decodes the same
-    from asrkd.decode import Recognizer
+    from asrkd.eval.decode import Recognizer
 
     mem = Recognizer.from_student(rec.model, rec.tokenizer, FeatureConfig(), GlobalCMVN.identity(80).to_dict())
     assert decode_manifest(mem, corpus["good"], streaming=True)[0] == full_hyps
@@ -180,7 +180,7 @@ def test_beam_vs_greedy(corpus):
     assert b1 == greedy
     b8, _ = decode_manifest(corpus["peaky"], corpus["good"], decoder="beam", beam=8, beam_backend="asrkd")
     assert set(b8) == set(greedy)
-    from asrkd.search import flashlight_available
+    from asrkd.eval.search import flashlight_available
 
     if flashlight_available():
         fl1, stats = decode_manifest(corpus["peaky"], corpus["good"], decoder="beam", beam=1, beam_backend="torchaudio")
@@ -252,7 +252,7 @@ def test_emission_delay_against_itself_and_forced_alignment(corpus):
 
 # ----------------------------------------------------------------------------- any asrkd checkpoint
 def _save_whisper(path):
-    from asrkd.teachers.whisper import WhisperCTC
+    from asrkd.models.teachers.whisper import WhisperCTC
 
     tok = CharTokenizer.english()
     torch.manual_seed(0)
@@ -293,7 +293,7 @@ class _Spiker(torch.nn.Module):
 
 def test_vocabulary_only_teacher(corpus):
     # A teacher from load_teacher (no asrkd tokenizer): text from its symbols, "|" = space.
-    from asrkd.teachers import FrozenTeacher
+    from asrkd.models.teachers import FrozenTeacher
 
     teacher = FrozenTeacher(_Spiker(), vocab=["-", "|", "A", "B", "C"], blank_id=0, frame_rate=50.0, spec="spiker")
     hyps, stats = decode_manifest(teacher, corpus["good"], emission_delay_ref="forced-align")

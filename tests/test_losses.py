@@ -1,4 +1,4 @@
-"""Teacher -> student alignment (asrkd.align) and DistillationLoss on hand-computed cases."""
+"""Teacher -> student alignment (asrkd.kd.align) and DistillationLoss on hand-computed cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asrkd.losses import (
+from asrkd.kd.loss import (
     DistillationLoss,
     VocabMap,
     align_to_student,

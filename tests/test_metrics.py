@@ -1,4 +1,4 @@
-"""WER/CER scoring (asrkd.metrics, ``asrkd wer``), checked against NIST sclite."""
+"""WER/CER scoring (asrkd.eval.scoring, ``asrkd wer``), checked against NIST sclite."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import rapidfuzz
 
 from asrkd.cli import main as asrkd_main
-from asrkd.metrics import (
+from asrkd.eval.scoring import (
     Counts,
     TextNormalizer,
     align,
@@ -423,7 +423,7 @@ def test_cli_outputs_are_written_atomically(tmp_path, capsys):
 
 
 def test_write_details_failure_leaves_the_old_file(tmp_path):
-    from asrkd.metrics import write_details
+    from asrkd.eval.scoring import write_details
 
     p = tmp_path / "details.txt"
     p.write_text("OLD\n", encoding="utf-8")

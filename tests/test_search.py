@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asrkd.search import (
+from asrkd.eval.search import (
     GreedyDecoder,
     PrefixBeamSearch,
     TorchaudioBeamSearch,
@@ -198,7 +198,7 @@ def test_build_decoder():
 
 
 def test_without_flashlight_beam_falls_back_or_says_why(monkeypatch):
-    import asrkd.search as search
+    import asrkd.eval.search as search
 
     monkeypatch.setattr(search, "flashlight_available", lambda: False)
     assert isinstance(build_decoder("beam", ["<blank>", "a"]), PrefixBeamSearch)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from asrkd.data.features import FeatureConfig, FeaturePipeline, GlobalCMVN
-from asrkd.students import SIZES, AudioStreamer, CausalConvSubsampling, build_student, count_parameters
+from asrkd.models.students import SIZES, AudioStreamer, CausalConvSubsampling, build_student, count_parameters
 
 ATOL = 1e-4
 TEACHER_PARAMS = 7.63e6  # Whisper tiny.en encoder, the mini recipe's teacher (before its CTC head)

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrkd.checkpoint import load_checkpoint, load_model, register_model, save_checkpoint
+from asrkd.models.checkpoint import load_checkpoint, load_model, register_model, save_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.data.tokenizer import CharTokenizer
-from asrkd.teachers import FrozenTeacher, load_teacher
+from asrkd.models.teachers import FrozenTeacher, load_teacher
 
 TEXTS = [
     "the cat sat on the mat", "a dog ran in the park", "she sells sea shells", "we like green apples",
@@ -104,7 +104,7 @@ def test_adapt_unfreezes_top_block_and_respects_budget(corpus, tmp_path):
     assert (tmp_path / "new_tok.json").is_file()  # built from the training texts
     state = load_checkpoint(out)
     assert len(state["adapt"]["history"]) == 1  # the budget was spent: one epoch only
-    from asrkd.teachers.whisper import default_whisper_path, load_whisper_encoder
+    from asrkd.models.teachers.whisper import default_whisper_path, load_whisper_encoder
 
     orig = load_whisper_encoder(default_whisper_path()).state_dict()
     sd = state["model"]

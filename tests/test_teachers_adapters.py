@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from asrkd.teachers import SPEC_FORMS, FrozenTeacher, load_teacher
-from asrkd.teachers.torchaudio_ctc import normalize_waves
+from asrkd.models.teachers import SPEC_FORMS, FrozenTeacher, load_teacher
+from asrkd.models.teachers.torchaudio_ctc import normalize_waves
 
 TINY_W2V = dict(
     extractor_mode="layer_norm",

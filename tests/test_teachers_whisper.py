@@ -13,9 +13,9 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from asrkd.teachers import load_teacher
-from asrkd.teachers.ct2 import CT2FormatError, read_ct2_model
-from asrkd.teachers.whisper import (
+from asrkd.models.teachers import load_teacher
+from asrkd.models.teachers.ct2 import CT2FormatError, read_ct2_model
+from asrkd.models.teachers.whisper import (
     WhisperCTC,
     WhisperEncoder,
     WhisperLogMel,

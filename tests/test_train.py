@@ -19,9 +19,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrkd.checkpoint import load_checkpoint, load_model, save_checkpoint
-from asrkd.training.config import ConfigError, DEFAULTS, load_config, validate
-from asrkd.training.schedule import LRSchedule
+from asrkd.models.checkpoint import load_checkpoint, load_model, save_checkpoint
+from asrkd.train.config import ConfigError, DEFAULTS, load_config, validate
+from asrkd.train.schedule import LRSchedule
 
 SR = 16000
 LETTERS = "abcde"
@@ -101,7 +101,7 @@ def make_teacher(path: Path, seed: int = 1, *, n_mels: int = 40) -> str:
     """A tiny random asrkd checkpoint usable as a teacher (``asrkd:PATH``): same letters,
     25 frames/s like the students. Its outputs are arbitrary but deterministic."""
     from asrkd.data import CharTokenizer, FeatureConfig, GlobalCMVN
-    from asrkd.students import build_student
+    from asrkd.models.students import build_student
 
     tok = CharTokenizer.build(["abcde"])
     torch.manual_seed(seed)
@@ -120,7 +120,7 @@ def params(ckpt_path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_tiny_training_loss_decreases_and_checkpoint_reloads(tmp_path):
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 24, seed=0)
     dev_m = make_corpus(tmp_path, "dev", 6, seed=1)
@@ -163,10 +163,10 @@ def test_tiny_training_loss_decreases_and_checkpoint_reloads(tmp_path):
 
 def test_kd_from_cache_without_text(tmp_path):
     """Label-free KD: no transcripts, the KD term alone trains the student."""
-    from asrkd.cache import build_cache
+    from asrkd.kd.cache import build_cache
     from asrkd.data import load_manifest
-    from asrkd.teachers import load_teacher
-    from asrkd.train import train
+    from asrkd.models.teachers import load_teacher
+    from asrkd.train.loop import train
 
     unlabelled = make_corpus(tmp_path, "unlab", 16, seed=0, text=False)
     spec = make_teacher(tmp_path / "teacher.pt")
@@ -181,7 +181,7 @@ def test_kd_from_cache_without_text(tmp_path):
     assert hist[-1]["train_kd"] < hist[0]["train_kd"], hist
 
     # A CTC-only config on unlabelled data has nothing to learn from: said clearly.
-    from asrkd.train import TrainingError
+    from asrkd.train.loop import TrainingError
 
     cfg2 = base_config(tmp_path / "b", unlabelled)
     with pytest.raises(TrainingError, match="no usable training utterance"):
@@ -189,10 +189,10 @@ def test_kd_from_cache_without_text(tmp_path):
 
 
 def test_teacher_in_the_loop_and_cache_teacher_check(tmp_path):
-    from asrkd.cache import CacheKeyError, build_cache
+    from asrkd.kd.cache import CacheKeyError, build_cache
     from asrkd.data import load_manifest
-    from asrkd.teachers import load_teacher
-    from asrkd.train import train
+    from asrkd.models.teachers import load_teacher
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 12, seed=0)
     spec = make_teacher(tmp_path / "teacher.pt")
@@ -214,7 +214,7 @@ def test_teacher_in_the_loop_and_cache_teacher_check(tmp_path):
 def test_resume_in_process_equals_straight_run_with_workers(tmp_path):
     """Stop mid-epoch (max_steps) and resume: the same parameters as a run never stopped,
     with DataLoader workers loading (and augmenting) the data."""
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 16, seed=0)
     data = {"num_workers": 1, "max_seconds": 2.5}
@@ -240,7 +240,7 @@ def test_resume_in_process_equals_straight_run_with_workers(tmp_path):
 
 
 def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
-    from asrkd import train as train_mod
+    from asrkd.train import loop as train_mod
 
     train_m = make_corpus(tmp_path, "train", 12, seed=0)
     original = train_mod.DistillationLoss.forward
@@ -269,7 +269,7 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
 
 
 def test_bad_audio_is_skipped_counted_and_empty_batches_pass(tmp_path, capsys):
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 10, seed=0, bad={"2": "missing", "5": "corrupt"})
     # One utterance per batch: the bad ones leave whole batches empty.

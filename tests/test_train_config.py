@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from test_train import base_config
 
-from asrkd.training import config as config_mod
-from asrkd.training.config import DEFAULTS, ConfigError, load_config, validate
+from asrkd.train import config as config_mod
+from asrkd.train.config import DEFAULTS, ConfigError, load_config, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_CONFIGS = sorted(ROOT.glob("recipes/*/conf/*.yaml"))

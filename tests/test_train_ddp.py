@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from asrkd.checkpoint import load_checkpoint
+from asrkd.models.checkpoint import load_checkpoint
 from test_train import base_config, make_corpus, make_teacher
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from asrkd.checkpoint import load_checkpoint
+from asrkd.models.checkpoint import load_checkpoint
 from test_train import base_config, make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def _last_step(path: Path) -> int:
 
 
 def test_kill_and_resume_gives_identical_parameters(tmp_path):
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 24, seed=0)
     sections = {"data": {"max_seconds": 2.5}, "train": {"epochs": 3, "save_every_steps": 1}}
@@ -76,7 +76,7 @@ def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):
     3-epoch cosine's, not the 1-epoch schedule's floor."""
     import math
 
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 12, seed=0)
     sections = {"data": {"max_seconds": 2.5}, "optim": {"lr": 1e-2, "warmup_steps": 2, "min_lr_ratio": 0.0},
@@ -102,7 +102,7 @@ def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):
 
 
 def test_resume_unchanged_config_keeps_the_rate(tmp_path):
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 12, seed=0)
     sections = {"data": {"max_seconds": 2.5}, "train": {"epochs": 2, "max_steps": 3}}
@@ -121,7 +121,7 @@ def test_incompatible_resume_is_one_line_and_keeps_config_yaml(tmp_path, capsys)
     import yaml as _yaml
 
     from asrkd.cli import main as cli_main
-    from asrkd.train import train
+    from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 8, seed=0)
     cfg = base_config(tmp_path, train_m, train={"epochs": 1})

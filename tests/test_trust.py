@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asrkd.checkpoint import CheckpointError, load_checkpoint, safe_load, save_checkpoint, trusted_checkpoints
+from asrkd.models.checkpoint import CheckpointError, load_checkpoint, safe_load, save_checkpoint, trusted_checkpoints
 from asrkd.cli import main as cli_main
 
 from test_train import make_corpus, make_teacher
@@ -94,7 +94,7 @@ def test_trust_checkpoint_is_an_explicit_opt_in(tmp_path, corpus, capsys):
 
 def test_asrkd_checkpoints_load_without_unpickling_code(tmp_path):
     """Everything asrkd writes (RNG states, optimizer, config, tokenizer) is tensors and plain data."""
-    from asrkd.train import train
+    from asrkd.train.loop import train
     from test_train import base_config
 
     m = make_corpus(tmp_path, "train", 6)
@@ -348,7 +348,7 @@ def test_model_kwargs_cannot_make_us_allocate_beyond_the_weights(tmp_path):
     state = load_checkpoint(path)
     state["model_kwargs"] = dict(state["model_kwargs"], d_model=8192, ffn_dim=32768, num_layers=2)
     torch.save(state, tmp_path / "big.pt")
-    code = ("import resource, sys, torch; from asrkd.checkpoint import load_model\n"
+    code = ("import resource, sys, torch; from asrkd.models.checkpoint import load_model\n"
             "try:\n    load_model(sys.argv[1])\nexcept Exception as e:\n    print(e)\n"
             "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.pt")], capture_output=True, text=True,

@@ -1,7 +1,7 @@
 """Data layer: manifests, importers, audio, features, tokenizers, batching, the synthetic corpus.
 
-The names below are the public API (see ``docs/internals.md``); ``asrkd.data.importers``,
-``asrkd.data.prepare`` and ``asrkd.data.synth`` are imported on demand.
+The names below are the public API (see ``docs/internals.md``); ``asrkd.data.importers``
+and ``asrkd.data.synth`` are imported on demand.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from .manifest import (ManifestError, Utterance, filter_by_duration, load_manife
                        merge_manifests, save_manifest, split_manifest)
 from .rejects import KINDS, RejectRecord, Rejects
 from .sampler import DurationBatchSampler
-from .tokenizer import BPETokenizer, CharTokenizer, TokenizerError, load_tokenizer, normalize_text
+from .text import normalize_text
+from .tokenizer import BPETokenizer, CharTokenizer, TokenizerError, load_tokenizer
 
 __all__ = [
     "AudioError", "AudioInfo", "audio_info", "load_audio", "resample", "write_audio",

@@ -27,7 +27,7 @@ from .audio import AudioError, AudioInfo, audio_info, decode_bytes, scan_nonfini
 from .features import ctc_min_frames, frames_after_subsampling
 from .manifest import MAX_DURATION_S, ManifestError, Utterance
 from .rejects import Rejects
-from .tokenizer import normalize_text
+from .text import normalize_text
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".sph", ".aif", ".aiff", ".au", ".m4a")
 _FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")

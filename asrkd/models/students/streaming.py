@@ -1,6 +1,6 @@
 """Stateful chunk-by-chunk inference shared by the streaming students.
 
-A student is a causal front-end (:class:`~asrkd.students.frontend.CausalConvSubsampling`),
+A student is a causal front-end (:class:`~asrkd.models.students.frontend.CausalConvSubsampling`),
 an encoder that processes segments of ``chunk_size`` frames with ``right_context``
 look-ahead frames and cached left context, and a linear CTC head. :class:`StreamingCTC`
 drives the streaming: feature chunks of any size go through the front-end, its frames
@@ -10,7 +10,7 @@ encoder (``_encode_segment``, one per architecture) turns the segment into logit
 right context, exactly as ``forward`` treats the end of an utterance.
 
 Everything here is TorchScript-compatible: ``torch.jit.script(model)`` exports the
-streaming API as is (see :mod:`asrkd.students.export`).
+streaming API as is (see :mod:`asrkd.models.export`).
 """
 
 from __future__ import annotations

@@ -88,6 +88,7 @@ import torch
 
 from asrkd.atomic import atomic_write, refuse_overwrite, remove_stale_temporaries
 from asrkd.data.sampler import duration_batches
+from asrkd.models.checkpoint import weights_hash
 
 HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or top-k) for training"
 
@@ -113,16 +114,6 @@ class CacheIntegrityError(ValueError):
 
 def _sha256(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def weights_hash(module: torch.nn.Module) -> str:
-    """SHA-256 over every tensor of ``module.state_dict()``: names, dtypes, shapes and bytes."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def teacher_fingerprint(teacher) -> dict[str, Any]:
@@ -297,7 +288,7 @@ class TeacherCache:
         return len(self._entries)
 
     def loss_inputs(self, ids: Sequence[str], device: str | torch.device = "cpu") -> dict[str, Any]:
-        """The teacher keyword arguments of :class:`asrkd.losses.DistillationLoss` for a
+        """The teacher keyword arguments of :class:`asrkd.kd.loss.DistillationLoss` for a
         batch of these ids: ``teacher_logits`` (dense) or ``teacher_topk`` (top-k), and
         ``teacher_lengths``, on ``device``."""
         tt = collate_teacher([self.get(i) for i in ids])
@@ -785,7 +776,7 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     """Run ``teacher`` over ``utterances`` and write (or finish) the cache in ``out_dir``.
 
     Args:
-        teacher: a frozen teacher (``asrkd.teachers.load_teacher``): waves -> (logits, lengths).
+        teacher: a frozen teacher (``asrkd.models.teachers.load_teacher``): waves -> (logits, lengths).
         utterances: manifest entries (:class:`~asrkd.data.manifest.Utterance`).
         topk: store the top-k log-probabilities (None or 0: dense).
         shard_size: utterances per shard (fixed when the cache is started).
@@ -930,7 +921,7 @@ def teacher_min_samples(teacher) -> int:
         declared = getattr(module, "min_samples", None)
         if declared:
             return int(declared)
-    from asrkd.teachers.whisper import HOP_LENGTH, WhisperLogMel
+    from asrkd.models.teachers.whisper import HOP_LENGTH, WhisperLogMel
 
     if isinstance(teacher, torch.nn.Module) and any(isinstance(m, WhisperLogMel) for m in teacher.modules()):
         return 2 * HOP_LENGTH
@@ -1053,7 +1044,7 @@ def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher spec (see `asrkd.teachers.load_teacher`), "
+    p.add_argument("--teacher", required=True, help="teacher spec (see `asrkd.models.teachers.load_teacher`), "
                                                    "e.g. asrkd:exp/mini/teacher.pt")
     p.add_argument("--manifest", required=True, help="manifest JSONL whose utterances are run through the teacher")
     p.add_argument("--out", required=True, help="cache folder (index.json + shard-*.pt)")
@@ -1072,7 +1063,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from asrkd.data import Rejects, load_manifest
-    from asrkd.teachers import load_teacher, spec_file
+    from asrkd.models.teachers import load_teacher, spec_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1102,4 +1093,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["CacheIntegrityError", "CacheKeyError", "TeacherCache", "TeacherTargets", "build_cache", "cache_key",
-           "cache_settings", "collate_teacher", "entry_fingerprint", "teacher_fingerprint", "teacher_min_samples", "weights_hash"]
+           "cache_settings", "collate_teacher", "entry_fingerprint", "teacher_fingerprint", "teacher_min_samples"]

@@ -12,8 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from asrkd.teachers.base import FrozenTeacher
-from asrkd.teachers.whisper import (  # importing registers the "whisper_ctc" builder
+from asrkd.models.teachers.base import FrozenTeacher
+from asrkd.models.teachers.whisper import (  # importing registers the "whisper_ctc" builder
     WhisperCTC,
     WhisperEncoder,
     WhisperLogMel,
@@ -63,7 +63,7 @@ def load_whisper_teacher(
     (a tokenizer, a saved tokenizer path/dict, a list of symbols, or None for lower-case
     letters, space and apostrophe). Its logits mean nothing until the head is trained
     (``asrkd teacher-adapt``); the encoder output is :meth:`WhisperCTC.encode` of ``.model``."""
-    from asrkd.teachers.whisper import vocab_from_tokenizer
+    from asrkd.models.teachers.whisper import vocab_from_tokenizer
 
     vocab, blank_id = vocab_from_tokenizer(tokenizer)
     model = build_whisper_ctc(weights, len(vocab), head_layers=head_layers, head_hidden=head_hidden, head_kernel=head_kernel, seed=seed)
@@ -77,8 +77,8 @@ def load_whisper_teacher(
 
 def _load_pt(path: Path, kw: dict[str, Any]) -> FrozenTeacher:
     """A bare ``.pt`` path: an asrkd checkpoint, or an openai-whisper checkpoint."""
-    from asrkd.checkpoint import is_checkpoint, safe_load
-    from asrkd.teachers.checkpoint import teacher_from_state
+    from asrkd.models.checkpoint import is_checkpoint, safe_load
+    from asrkd.models.teachers.from_checkpoint import teacher_from_state
 
     obj = safe_load(path)
     if is_checkpoint(obj):
@@ -127,22 +127,22 @@ def load_teacher(spec: str | os.PathLike, **kw: Any) -> FrozenTeacher:
     if sep and kind == "whisper":
         return load_whisper_teacher(rest, spec=spec, **kw)
     if sep and kind == "torchaudio":
-        from asrkd.teachers.torchaudio_ctc import load_torchaudio_bundle
+        from asrkd.models.teachers.torchaudio_ctc import load_torchaudio_bundle
 
         return load_torchaudio_bundle(rest, **kw)
     if sep and kind == "torchaudio-arch":
         arch, sep2, path = rest.partition(":")
         if not sep2 or not arch or not path:
             raise ValueError(f"expected torchaudio-arch:ARCH:PATH, got {spec!r}\n{SPEC_FORMS}")
-        from asrkd.teachers.torchaudio_ctc import load_torchaudio_state_dict
+        from asrkd.models.teachers.torchaudio_ctc import load_torchaudio_state_dict
 
         return load_torchaudio_state_dict(arch, path, **kw)
     if sep and kind == "hf":
-        from asrkd.teachers.hf import load_hf_ctc
+        from asrkd.models.teachers.hf import load_hf_ctc
 
         return load_hf_ctc(rest, **kw)
     if sep and kind == "asrkd":
-        from asrkd.teachers.checkpoint import load_checkpoint_teacher
+        from asrkd.models.teachers.from_checkpoint import load_checkpoint_teacher
 
         return load_checkpoint_teacher(rest, **kw)
     path = Path(spec)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from asrkd.teachers.base import SAMPLE_RATE, FrozenTeacher
+from asrkd.models.teachers.base import SAMPLE_RATE, FrozenTeacher
 
 # Builders in torchaudio.models that accept `aux_num_out` (the CTC output layer size).
 ARCHS = (
@@ -136,7 +136,7 @@ def load_torchaudio_state_dict(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"torchaudio state dict not found: {path}")
-    from asrkd.checkpoint import safe_load
+    from asrkd.models.checkpoint import safe_load
 
     obj = safe_load(path)
     extra: dict[str, Any] = {}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from asrkd.teachers.base import FrozenTeacher
+from asrkd.models.teachers.base import FrozenTeacher
 
 
 class FeatureInputCTC(nn.Module):
@@ -34,7 +34,7 @@ class FeatureInputCTC(nn.Module):
 
 def teacher_from_state(state: dict[str, Any], spec: str) -> FrozenTeacher:
     """Build the teacher for an already loaded checkpoint dict."""
-    from asrkd.checkpoint import model_from_state
+    from asrkd.models.checkpoint import model_from_state
 
     if not state.get("tokenizer"):
         raise ValueError(f"{spec}: checkpoint has no tokenizer, so its outputs have no names")
@@ -62,7 +62,7 @@ def teacher_from_state(state: dict[str, Any], spec: str) -> FrozenTeacher:
 
 def load_checkpoint_teacher(path: str | os.PathLike) -> FrozenTeacher:
     """A teacher from an asrkd checkpoint file."""
-    from asrkd.checkpoint import load_checkpoint
+    from asrkd.models.checkpoint import load_checkpoint
 
     path = Path(path)
     if not path.is_file():

@@ -6,7 +6,7 @@ Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
 
 An error that escapes a command is printed as one ``error: ...`` line (exit code 1; usage
 errors exit 2); ``--debug`` or ``ASRKD_DEBUG=1`` shows the traceback instead. Commands that
-read checkpoints take ``--trust-checkpoint`` (see :mod:`asrkd.checkpoint`).
+read checkpoints take ``--trust-checkpoint`` (see :mod:`asrkd.models.checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import sys
 
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
-    "prepare": "asrkd.data.prepare",
+    "prepare": "asrkd.cli.prepare",
     "synth": "asrkd.data.synth",
-    "teacher-adapt": "asrkd.teachers.adapt",
-    "cache-teacher": "asrkd.cache",
-    "train": "asrkd.train",
-    "decode": "asrkd.decode",
-    "wer": "asrkd.metrics",
-    "export": "asrkd.students.export",
-    "report": "asrkd.report",
-    "demo": "asrkd.demo",
+    "teacher-adapt": "asrkd.train.adapt",
+    "cache-teacher": "asrkd.kd.cache",
+    "train": "asrkd.train.loop",
+    "decode": "asrkd.eval.decode",
+    "wer": "asrkd.eval.scoring",
+    "export": "asrkd.models.export",
+    "report": "asrkd.eval.report",
+    "demo": "asrkd.cli.demo",
 }
 # commands that open .pt files a user may hand them
 READS_CHECKPOINTS = {"teacher-adapt", "cache-teacher", "train", "decode", "export", "report"}
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]  # key=value overrides after an option (argparse stops at it)
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from asrkd.checkpoint import trusted_checkpoints
+    from asrkd.models.checkpoint import trusted_checkpoints
 
     try:
         with trusted_checkpoints(getattr(args, "trust_checkpoint", False)):
@@ -112,6 +112,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {describe_error(err)}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

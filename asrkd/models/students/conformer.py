@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from asrkd.checkpoint import register_model
-from asrkd.students.frontend import CausalConvSubsampling
-from asrkd.students.streaming import StreamingCTC
+from asrkd.models.checkpoint import register_model
+from asrkd.models.students.frontend import CausalConvSubsampling
+from asrkd.models.students.streaming import StreamingCTC
 
 
 class _FeedForward(nn.Module):

@@ -3,7 +3,7 @@
 :class:`DistillationLoss` composes ``λ_ctc · CTC(student, text) + λ_kd · KD(student, teacher)``
 where KD is the fused :func:`asrkd.ops.kd_kl_div` (dense teacher) or
 :func:`asrkd.ops.kd_kl_div_topk` (cached top-k teacher), after aligning the teacher to the
-student (:mod:`asrkd.align`: vocabulary map, frame-rate resampling, streaming shift,
+student (:mod:`asrkd.kd.align`: vocabulary map, frame-rate resampling, streaming shift,
 blank-aware frame weights). The alignment helpers are re-exported here.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from asrkd.align import (
+from asrkd.kd.align import (
     BLANK_MODES,
     RESAMPLE_METHODS,
     VocabMap,

@@ -7,7 +7,7 @@ tiny.en encodes ~60-80x faster than real time, so 1.5 h of audio costs ~1.5 min 
 each later epoch costs only the head.
 
 Result: an asrkd checkpoint (``arch="whisper_ctc"``, full encoder + head, the tokenizer),
-loaded with ``load_teacher("asrkd:teacher.pt")`` or ``asrkd.checkpoint.load_model``.
+loaded with ``load_teacher("asrkd:teacher.pt")`` or ``asrkd.models.checkpoint.load_model``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def read_manifest(path: str | Path, rejects) -> tuple[list, int]:
 
 # --------------------------------------------------------------------------- model pieces
 class CachedEncoder:
-    """Frozen lower part of a :class:`~asrkd.teachers.whisper.WhisperCTC`: its outputs per utterance.
+    """Frozen lower part of a :class:`~asrkd.models.teachers.whisper.WhisperCTC`: its outputs per utterance.
 
     With ``unfreeze = K`` the cache holds the residual stream entering block ``n_layer - K``
     (positions already added); with ``K = 0`` the final encoder output.
@@ -165,8 +165,8 @@ def _collate(ids: Sequence[str], cache: dict[str, torch.Tensor]) -> tuple[torch.
 
 @torch.no_grad()
 def evaluate(model, split: int, utts: list, cache, tokenizer, max_frames: int) -> dict[str, Any]:
-    """Greedy-CTC WER/CER (asrkd.metrics.score, sclite counting) against normalised references."""
-    from asrkd.metrics import score
+    """Greedy-CTC WER/CER (asrkd.eval.scoring.score, sclite counting) against normalised references."""
+    from asrkd.eval.scoring import score
 
     model.eval()
     hyps: dict[str, str] = {}
@@ -338,7 +338,7 @@ def _tokenizer(path: str, texts: list[str], log):
 
 
 def _load_model(spec: str, vocab_size: int, args):
-    from asrkd.teachers.whisper import build_whisper_ctc, default_whisper_path
+    from asrkd.models.teachers.whisper import build_whisper_ctc, default_whisper_path
 
     head = dict(head_layers=args.head_layers, head_hidden=args.head_hidden, head_kernel=args.head_kernel, head_dropout=args.dropout)
     if spec == "whisper-tiny.en":
@@ -347,7 +347,7 @@ def _load_model(spec: str, vocab_size: int, args):
         return build_whisper_ctc(spec.split(":", 1)[1], vocab_size, seed=args.seed, **head), spec
     path = spec.split(":", 1)[1] if spec.startswith("asrkd:") else spec
     if Path(path).suffix in {".pt", ".pth", ".ckpt"} or spec.startswith("asrkd:"):
-        from asrkd.checkpoint import load_model
+        from asrkd.models.checkpoint import load_model
 
         model, state = load_model(path)
         if state["arch"] != "whisper_ctc":
@@ -359,10 +359,10 @@ def _load_model(spec: str, vocab_size: int, args):
 
 
 def run(args: argparse.Namespace) -> int:
-    from asrkd.checkpoint import save_checkpoint
+    from asrkd.models.checkpoint import save_checkpoint
 
     from asrkd.atomic import refuse_overwrite
-    from asrkd.teachers import spec_file
+    from asrkd.models.teachers import spec_file
 
     refuse_overwrite({"--out": args.out, "--tokenizer": args.tokenizer},
                      {"--train": args.train, "--dev": args.dev, "--teacher": spec_file(args.teacher)})

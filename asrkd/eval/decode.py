@@ -14,7 +14,7 @@ Library side:
 - :class:`Recognizer`: an acoustic CTC model with its front-end and vocabulary.
   Log-mel models (the students, anything trained by asrkd from features) run behind their
   checkpoint's :class:`~asrkd.data.features.FeaturePipeline`; waveform-input models (an
-  adapted ``whisper_ctc`` teacher, any :func:`asrkd.teachers.load_teacher` spec) take
+  adapted ``whisper_ctc`` teacher, any :func:`asrkd.models.teachers.load_teacher` spec) take
   waves. ``log_probs`` (full context, batched) and ``stream_log_probs`` (chunk by chunk
   through the students' stateful API).
 - :func:`load_recognizer` (checkpoint path or teacher spec), :func:`decode_manifest`
@@ -272,7 +272,7 @@ class Recognizer:
         ``chunk_ms``: the model's latency (segment + look-ahead), the analysis window's reach
         past its hop, and the buffering of pushes that do not line up with segments
         (``chunk - gcd(chunk, native chunk)``)."""
-        from asrkd.students import AudioStreamer
+        from asrkd.models.students import AudioStreamer
 
         c = self.chunk_samples(chunk_ms)
         n = self.chunk_samples(None)
@@ -287,7 +287,7 @@ class Recognizer:
 
         The first push holds :meth:`first_push_samples` samples, later pushes
         ``chunk_samples`` (default: the native chunk); features are computed incrementally
-        (:class:`asrkd.students.AudioStreamer`).
+        (:class:`asrkd.models.students.AudioStreamer`).
 
         Args:
             wave: (N,) float 16 kHz.
@@ -297,7 +297,7 @@ class Recognizer:
             time (ms from the start of the stream) at which it was output, i.e. the end of
             the push that produced it (the end of the audio for frames of the final flush).
         """
-        from asrkd.students import AudioStreamer
+        from asrkd.models.students import AudioStreamer
 
         self._need_streaming()
         if chunk_samples is None:
@@ -325,7 +325,7 @@ class Recognizer:
 
 def _recognizer_from_state(state: dict[str, Any], name: str) -> Recognizer:
     from asrkd.data.tokenizer import load_tokenizer
-    from asrkd.teachers.checkpoint import FeatureInputCTC, teacher_from_state
+    from asrkd.models.teachers.from_checkpoint import FeatureInputCTC, teacher_from_state
 
     # The teachers' loader is the one place that turns any asrkd checkpoint into a model
     # with its front-end: log-mel models come back wrapped in FeatureInputCTC, waveform
@@ -342,7 +342,7 @@ def _recognizer_from_state(state: dict[str, Any], name: str) -> Recognizer:
 
 def load_recognizer(spec: str | os.PathLike | Recognizer | nn.Module, device: str | torch.device = "cpu") -> Recognizer:
     """A :class:`Recognizer` from an asrkd checkpoint (a path, or ``asrkd:PATH``), any
-    other :func:`asrkd.teachers.load_teacher` spec (``torchaudio:BUNDLE``, ``hf:DIR``, ...),
+    other :func:`asrkd.models.teachers.load_teacher` spec (``torchaudio:BUNDLE``, ``hf:DIR``, ...),
     a loaded teacher (a waveform module with ``vocab``, ``blank_id``, ``frame_rate``), or a
     Recognizer (returned as is, moved to ``device``)."""
     if isinstance(spec, Recognizer):
@@ -359,14 +359,14 @@ def load_recognizer(spec: str | os.PathLike | Recognizer | nn.Module, device: st
     spec = os.fspath(spec)
     path = Path(spec[len("asrkd:"):] if spec.startswith("asrkd:") else spec)
     if spec.startswith("asrkd:") or path.is_file():
-        from asrkd.checkpoint import load_checkpoint
+        from asrkd.models.checkpoint import load_checkpoint
 
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return _recognizer_from_state(load_checkpoint(path), str(path)).to(device)
     if path.suffix in {".pt", ".pth", ".ckpt"}:
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    from asrkd.teachers import load_teacher
+    from asrkd.models.teachers import load_teacher
 
     return load_recognizer(load_teacher(spec), device)
 
@@ -421,7 +421,7 @@ def match_emissions(hyp: Sequence[Emission], ref: Sequence[Emission]) -> list[tu
     """Pairs of matched tokens: the two symbol sequences are aligned with a minimum-edit
     (Levenshtein) alignment and the pairs the alignment marks correct (same symbol) are
     returned in order; substituted, inserted and deleted tokens are left out."""
-    from asrkd.metrics import align
+    from asrkd.eval.scoring import align
 
     out = []
     i = j = 0
@@ -487,7 +487,7 @@ class _DelayMeter:
             available_ms: Sequence[float] | None, full_lp: torch.Tensor | None = None) -> None:
         """``hyp_lp`` (T, V): the log-probs the hypothesis came from; ``full_lp``: the
         model's own full-context log-probs if already computed (full-utterance mode)."""
-        from asrkd.search import greedy_decode
+        from asrkd.eval.search import greedy_decode
 
         if self.forced:
             if text is None:
@@ -575,7 +575,7 @@ def decode_manifest(
             when logits come out (the latency), never their values.
         decoder: ``"greedy"``, ``"beam"``, or an object with ``decode(log_probs, lengths)``.
         beam, lexicon, lm, beam_backend, decoder_options: for ``"beam"`` (see
-            :func:`asrkd.search.build_decoder`; ``beam_backend`` is its ``backend``).
+            :func:`asrkd.eval.search.build_decoder`; ``beam_backend`` is its ``backend``).
         batch_seconds: full-utterance mode: padded audio seconds per batch.
         device: ``"cpu"`` or ``"cuda"``.
         threads: ``torch.set_num_threads`` for the run (None: leave as is).
@@ -597,7 +597,7 @@ def decode_manifest(
 
     from asrkd.data import Rejects, load_manifest
     from asrkd.data.audio import AudioError
-    from asrkd.search import build_decoder, flashlight_available
+    from asrkd.eval.search import build_decoder, flashlight_available
 
     wall0 = time.perf_counter()
     old_threads = torch.get_num_threads()
@@ -852,7 +852,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from asrkd.data import Rejects, load_manifest
-    from asrkd.teachers import spec_file
+    from asrkd.models.teachers import spec_file
 
     def fail(msg: str) -> int:
         print(f"asrkd decode: error: {msg}", file=sys.stderr)

@@ -123,11 +123,14 @@ def kd_kl_div(
         lengths: (B,) integer count of valid frames per utterance (CPU or the student's
             device); None means every frame is valid. Padded frames contribute nothing.
         temperature: T in [1e-3, 100]. The T² factor keeps gradient magnitudes comparable across
-            T; beyond 100 the fp32 loss loses accuracy (~T²·eps relative), so it is refused.
+            T. The fp32 loss of a frame is off by up to ~4·T²·eps absolute (5e-3 at T = 100: ~0.05 %
+            of a unit-scale frame's loss), the gradient by 2e-5 of its largest entry; beyond 100 the
+            loss error keeps growing as T², so larger T is refused.
         reduction: ``"mean"`` (Σ w·loss / Σ w over valid frames, 0 for an all-masked batch),
             ``"sum"``, ``"batchmean"`` (sum / B) or ``"none"`` (per-frame (B, T), 0 at padding).
         weights: optional (B, T) per-frame weights (e.g. blank-aware KD); a constant, read as
-            float32. Zero-weight frames, like padded ones, are never read.
+            float32; finite and >= 0 on valid frames (ValueError naming the frame; a device assert
+            on CUDA). Zero-weight frames, like padded ones, are never read.
 
     Returns:
         Scalar (or (B, T) for ``"none"``) in float32, float64 for float64 students.
@@ -171,14 +174,17 @@ def kd_kl_div_topk(
 
     Args:
         student: (B, T, V) logits.
-        topk_idx: (B, T, K) int64/int32/int16 token ids, distinct within each frame.
+        topk_idx: (B, T, K) int64/int32/int16 token ids in [0, V), distinct within each frame
+            that is read (the kernel checks that in O(K): ValueError naming the frame; a device
+            assert on CUDA).
         topk_logprob: (B, T, K) teacher log-probabilities (any float dtype, fp16 in caches); a
             constant. Each must be <= 0 and their probabilities sum to <= 1 per frame, up to 1e-3
             and 1e-2 for rounding (ValueError naming the frame; an asynchronous device assert on
             CUDA, and a check in the kernels for direct op calls). NaN gives a NaN frame.
         lengths, temperature, reduction, weights: as in :func:`kd_kl_div`.
     """
-    check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction)
+    # Distinct ids are checked in the kernel (O(K) a frame), or by the reference when it runs.
+    check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction, distinct=False)
     too_wide_for_cuda = student.device.type == "cuda" and student.shape[-1] > _CUDA_TOPK_MAX_V
     if too_wide_for_cuda:
         _warn_once("topk-large-v", f"asrkd: kd_kl_div_topk on CUDA holds a frame in registers (V <= "

@@ -1,9 +1,11 @@
 """Argument checks and reductions shared by the fused op and the reference.
 
 Errors name the argument and the reason. Value checks that would need a host
-synchronisation on an accelerator (lengths range, top-k ids and log-probs) run on the CPU
-eagerly and as ``torch._assert_async`` on other devices; they are skipped while
-torch.compile traces (the kernels check temperature, top-k ids and log-probs themselves).
+synchronisation on an accelerator (lengths range, weights, top-k ids and log-probs) run on the
+CPU eagerly and as ``torch._assert_async`` on other devices; they are skipped while
+torch.compile traces. The kernels repeat every value check (temperature, lengths, weights,
+top-k ids in range and distinct, top-k log-probs) for direct op calls and torch.compile, so the
+one check that costs a sort, distinct top-k ids, runs here only for the reference (no kernel).
 The bounds below are repeated in csrc/kd_kl.h.
 """
 
@@ -13,8 +15,13 @@ import torch
 
 REDUCTIONS = ("mean", "sum", "batchmean", "none")
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-# T² · KL with KL ~ 1/T² loses ~T²·eps of relative accuracy in fp32 (1e-4 at T = 100, ~1 % at
-# 1000, NaN at 1e30); 1/T <= 1000 keeps logits / T finite for any logit below 3e35.
+# T² · KL in fp32: the log-sum-exp terms are O(1) and cancel down to KL ~ 1/T², so each frame's loss
+# carries an absolute error of c·T²·eps whatever its size (measured, V <= 5000: c <= 4 for the kernels,
+# 10 for the fp32 reference, 50 for its top-k). At T = 100 that is <= 5e-3 for the kernels: ~0.05 %
+# (up to 0.4 %) of a frame's loss for unit-scale logits, 5e-5 (4e-4) at scale 3, <= 1e-4 on the mean. The
+# gradient, what trains, stays within 2e-5 of its largest entry (fp32 reference: 2.5e-4), so 100 stays
+# the bound; beyond it the loss error keeps growing as T² (NaN at 1e30). 1/T <= 1000 keeps logits / T
+# finite for any logit below 3e35.
 TEMPERATURE_RANGE = (1e-3, 100.0)
 # Stored log-probs are rounded (fp16 in caches): a value near 0 may come out a hair above it, and
 # the K probabilities may sum a little above 1 (fp16: up to ~0.4 %); more than that is not rounding.
@@ -73,6 +80,23 @@ def _check_common(student, lengths, weights, temperature, reduction) -> None:
             raise ValueError(f"weights must have shape (B, T) = ({B}, {T}), got {tuple(weights.shape)}")
         if weights.device != student.device:
             raise ValueError(f"weights is on {weights.device} but student is on {student.device}")
+        if not _is_compiling() and weights.numel():
+            _check_weight_values(weights, lengths)
+
+
+def _check_weight_values(weights, lengths) -> None:
+    """Finite and >= 0 on valid frames, as float32 (what the op reads): a negative weight makes the
+    mean's denominator meaningless ([1, -1] sums to 0). Padded frames' weights are never read."""
+    w = weights.detach().to(torch.float32)
+    bad = ~(torch.isfinite(w) & (w >= 0))
+    if lengths is not None:
+        bad &= valid_mask(lengths, *w.shape, w.device)
+    if w.device.type != "cpu":
+        torch._assert_async(~bad.any(), "weights must be finite and >= 0 on valid frames")
+        return
+    if bool(bad.any()):
+        b, t = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"weights must be finite and >= 0 on valid frames, got {float(w[b, t]):g} at frame ({b}, {t})")
 
 
 def check_dense(student, teacher, lengths, weights, temperature, reduction) -> None:
@@ -85,13 +109,14 @@ def check_dense(student, teacher, lengths, weights, temperature, reduction) -> N
     if teacher.shape[2] != student.shape[2]:
         raise ValueError(
             f"teacher vocabulary size V={teacher.shape[2]} differs from student V={student.shape[2]}; "
-            "map the teacher vocabulary onto the student's first (asrkd.losses.VocabMap)"
+            "map the teacher vocabulary onto the student's first (asrkd.kd.align.VocabMap)"
         )
     if teacher.device != student.device:
         raise ValueError(f"teacher is on {teacher.device} but student is on {student.device}")
 
 
-def check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction) -> None:
+def check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction, *, distinct=True) -> None:
+    """``distinct=False`` leaves the distinct-ids check (a sort) to the kernel, which does it in O(K)."""
     _check_common(student, lengths, weights, temperature, reduction)
     B, T, V = student.shape
     if not isinstance(topk_idx, torch.Tensor) or topk_idx.dtype not in (torch.int64, torch.int32, torch.int16):
@@ -113,19 +138,37 @@ def check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, r
     if _is_compiling() or topk_idx.numel() == 0:
         return
     in_range = ((topk_idx >= 0) & (topk_idx < V)).all()
-    srt = topk_idx.sort(dim=-1).values
-    distinct = (srt[..., 1:] != srt[..., :-1]).all()
     if topk_idx.device.type == "cpu":
         if not bool(in_range):
             raise ValueError(
                 f"topk_idx must lie in [0, V={V}), got values in [{int(topk_idx.min())}, {int(topk_idx.max())}]"
             )
-        if not bool(distinct):
-            raise ValueError("topk_idx must hold distinct token ids within each frame")
     else:
         torch._assert_async(in_range, f"topk_idx must lie in [0, V={V})")
-        torch._assert_async(distinct, "topk_idx must hold distinct token ids within each frame")
+    if distinct:
+        _check_distinct_ids(topk_idx, lengths, weights)
     _check_topk_logprob(topk_logprob)
+
+
+def _check_distinct_ids(topk_idx, lengths, weights) -> None:
+    """Distinct ids within each frame that is read (valid, non-zero weight), as the kernels check."""
+    B, T, _ = topk_idx.shape
+    srt = topk_idx.sort(dim=-1).values
+    dup = (srt[..., 1:] == srt[..., :-1]).any(-1)
+    mask = valid_mask(lengths, B, T, dup.device)
+    if weights is not None:
+        w = weights.detach().to(torch.float32)
+        mask &= torch.where(mask, w, torch.zeros((), device=w.device)) != 0
+    dup &= mask
+    msg = "topk_idx must hold distinct token ids within each frame"
+    if topk_idx.device.type != "cpu":
+        torch._assert_async(~dup.any(), msg)
+        return
+    if bool(dup.any()):
+        b, t = (int(i) for i in dup.nonzero()[0])
+        ids = srt[b, t]
+        repeated = int(ids[1:][ids[1:] == ids[:-1]][0])
+        raise ValueError(f"{msg}, got {repeated} twice at frame ({b}, {t})")
 
 
 def _check_topk_logprob(topk_logprob) -> None:
@@ -157,7 +200,8 @@ def _check_topk_logprob(topk_logprob) -> None:
 def valid_mask(lengths, B: int, T: int, device) -> torch.Tensor:
     if lengths is None:
         return torch.ones(B, T, dtype=torch.bool, device=device)
-    return torch.arange(T, device=device)[None, :] < lengths.to(device)[:, None]
+    # non_blocking: CPU lengths for a CUDA student must not synchronise the host
+    return torch.arange(T, device=device)[None, :] < lengths.to(device, non_blocking=True)[:, None]
 
 
 def reduce_frames(per_frame, mask, lengths, weights, reduction):

@@ -343,6 +343,8 @@ void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at
   at::parallel_for(0, B * T, grain_rows(V), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> buf(Vpad);
     std::vector<double> y(K);
+    // Token ids seen in the current frame: marked and cleared again per frame, O(K) (no sort).
+    std::vector<uint8_t> seen(V, 0);
     acc_t* bs = buf.data();
     FrameCursor cur(begin, T);
     for (int64_t r = begin; r < end; ++r, cur.next()) {
@@ -364,6 +366,9 @@ void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at
       for (int64_t k = 0; k < K; ++k) {
         // Python validates the ids, but not under torch.compile nor for a direct op call
         TORCH_CHECK(idx[k] >= 0 && idx[k] < V, "asrkd: topk_idx holds ", idx[k], ", outside [0, V=", V, ")");
+        TORCH_CHECK_VALUE(!seen[idx[k]], "asrkd: topk_idx must hold distinct token ids within each frame, got ",
+                          idx[k], " twice at frame (", b, ", ", t, ")");
+        seen[idx[k]] = 1;
         TORCH_CHECK(!(lp[k] > kTopkLogprobTol), "asrkd: topk_logprob holds ", lp[k], " > 0 (tolerance ",
                     kTopkLogprobTol, ") at frame (", b, ", ", t, ")");
         bad |= std::isnan(lp[k]);  // NaN: no distribution, a NaN frame as for a dense teacher
@@ -371,6 +376,7 @@ void topk_kernel(const at::Tensor& student, const at::Tensor& topk_idx, const at
         y[k] = static_cast<double>(lp[k]) * inv_t;
         mt = std::max(mt, y[k]);
       }
+      for (int64_t k = 0; k < K; ++k) seen[idx[k]] = 0;
       TORCH_CHECK(!(mass > 1.0 + kTopkMassTol), "asrkd: topk_logprob's probabilities sum to ", mass,
                   " > 1 (tolerance ", kTopkMassTol, ") at frame (", b, ", ", t, ")");
       const double rest = std::max(1.0 - mass, 0.0);
@@ -478,6 +484,21 @@ const float* weights_ptr(const std::optional<at::Tensor>& weights) {
   return weights.has_value() ? weights->const_data_ptr<float>() : nullptr;
 }
 
+// Python checks these too, but not under torch.compile nor for a direct op call. A length outside
+// [0, T] or a negative weight ([1, -1] sums to 0) would give a meaningless loss and mean; padded
+// frames' weights are never read. B·T comparisons: nothing next to the B·T·V kernel.
+void check_lengths_and_weights(const KdKlArgs& a, const int64_t* len, const float* w) {
+  for (int64_t b = 0; b < a.B; ++b) {
+    const int64_t n = len ? len[b] : a.T;
+    TORCH_CHECK_VALUE(n >= 0 && n <= a.T, "asrkd: lengths must lie in [0, T=", a.T, "], got ", n, " at index ", b);
+    for (int64_t t = 0; w && t < n; ++t) {
+      const float x = w[b * a.T + t];
+      TORCH_CHECK_VALUE(std::isfinite(x) && x >= 0.f, "asrkd: weights must be finite and >= 0 on valid frames, got ",
+                        x, " at frame (", b, ", ", t, ")");
+    }
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> kd_kl_div_fwd_cpu(const at::Tensor& student, const at::Tensor& teacher,
                                                      const std::optional<at::Tensor>& lengths,
                                                      const std::optional<at::Tensor>& weights, double temperature,
@@ -487,6 +508,7 @@ std::tuple<at::Tensor, at::Tensor> kd_kl_div_fwd_cpu(const at::Tensor& student, 
   at::Tensor len_holder;
   const int64_t* len = lengths_ptr(lengths, len_holder);
   const float* w = weights_ptr(weights);
+  check_lengths_and_weights(a, len, w);
   const double grad_scale = cpu_reduction_scale(a, len, w);
   if (a.B * a.T == 0) return {cpu_reduce(a, loss, grad_scale), grad};
   if (a.compute_grad) advise_huge_pages(grad);
@@ -511,6 +533,7 @@ std::tuple<at::Tensor, at::Tensor> kd_kl_div_topk_fwd_cpu(const at::Tensor& stud
   at::Tensor len_holder;
   const int64_t* len = lengths_ptr(lengths, len_holder);
   const float* w = weights_ptr(weights);
+  check_lengths_and_weights(a, len, w);
   const double grad_scale = cpu_reduction_scale(a, len, w);
   if (a.B * a.T == 0) return {cpu_reduce(a, loss, grad_scale), grad};
   if (a.compute_grad) advise_huge_pages(grad);

@@ -179,8 +179,12 @@ __device__ __forceinline__ Frame frame_of(int64_t row, int64_t B, int64_t T, con
   if (row >= B * T) return f;
   f.b = row / T;
   f.t = row % T;
+  // As the CPU kernel refuses them (Python checks too, but not under torch.compile nor for a direct
+  // op call): a length outside [0, T], a negative or non-finite weight on a valid frame.
+  CUDA_KERNEL_ASSERT(!len || (len[f.b] >= 0 && len[f.b] <= T));
   const bool valid = !len || f.t < len[f.b];
   f.w = (valid && w) ? w[row] : 1.f;
+  CUDA_KERNEL_ASSERT(f.w >= 0.f && isfinite(f.w));
   f.skip = !valid || f.w == 0.f;
   return f;
 }
@@ -353,7 +357,10 @@ __global__ void __launch_bounds__(block_threads<G>()) topk_rows_kernel(const Top
   constexpr int VEC = vec_of<scalar_t>();
   static_assert(G <= kWarp || block_threads<G>() == G, "group_reduce takes a group wider than a warp to be the whole block");
   constexpr int ROWS = block_threads<G>() / G;
+  // A bit per token of the frame (V <= G * ITEMS): top-k ids seen, for the distinct-ids check.
+  constexpr int SEEN_WORDS = (G * ITEMS + 31) / 32;
   __shared__ acc_t smem[3 * (G > kWarp ? G / kWarp : 1)];
+  __shared__ unsigned seen_all[ROWS * SEEN_WORDS];
   const int lane = threadIdx.x % G;
   const Frame f = frame_of(static_cast<int64_t>(blockIdx.x) * ROWS + threadIdx.x / G, p.B, p.T, p.len, p.w);
   if (f.row >= p.B * p.T) return;
@@ -363,6 +370,8 @@ __global__ void __launch_bounds__(block_threads<G>()) topk_rows_kernel(const Top
     if (g_row) fill_row<scalar_t, G, ITEMS, VEC>(g_row, p.V, p.vec_ok, lane, 0.f);
     return;
   }
+  unsigned* seen = seen_all + (threadIdx.x / G) * SEEN_WORDS;
+  for (int i = lane; i < SEEN_WORDS; i += G) seen[i] = 0u;
   const scalar_t* s_row = p.s + f.b * p.s_sb + f.t * p.s_st;
   const int64_t* idx = p.idx + f.row * p.K;
   const acc_t* lp = p.lp + f.row * p.K;
@@ -378,10 +387,15 @@ __global__ void __launch_bounds__(block_threads<G>()) topk_rows_kernel(const Top
     xs[i] *= p.inv_t;
     m[0] = nan_max(m[0], xs[i]);
   }
+  group_sync<G>();  // the bitmap is cleared before any id is marked
   for (int64_t k = lane; k < p.K; k += G) {
     // Python validates the ids, but not under torch.compile nor for a direct op call: an id
     // out of range would write outside the gradient, so it stops the kernel (like an index_select).
     CUDA_KERNEL_ASSERT(idx[k] >= 0 && idx[k] < p.V);
+    // Distinct ids (Python no longer sorts them): of two equal ids, whichever marks second sees
+    // the bit set, in any order; one shared-memory atomic per id.
+    const unsigned bit = 1u << (idx[k] % 32);
+    CUDA_KERNEL_ASSERT(!(atomicOr(&seen[idx[k] / 32], bit) & bit));
     // As the CPU kernel refuses it: a log-prob above 0 (NaN passes and gives a NaN frame).
     CUDA_KERNEL_ASSERT(!(lp[k] > static_cast<acc_t>(kTopkLogprobTol)));
     m[1] = nan_max(m[1], lp[k] * p.inv_t);
@@ -577,6 +591,13 @@ void launch_topk(const at::Tensor& student, const at::Tensor& idx, const at::Ten
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// With T = 0 no frame runs, so the kernels' length assert cannot fire: the same check on the device.
+void assert_lengths_when_empty(const KdKlArgs& a, const std::optional<at::Tensor>& lengths) {
+  if (lengths.has_value() && a.B > 0 && a.T == 0) {
+    at::_assert_async((*lengths == 0).all(), "asrkd: lengths must lie in [0, T=0]");
+  }
+}
+
 const int64_t* lengths_ptr(const std::optional<at::Tensor>& lengths, at::Tensor& holder) {
   if (!lengths.has_value()) return nullptr;
   holder = lengths->contiguous();
@@ -605,6 +626,7 @@ std::tuple<at::Tensor, at::Tensor> kd_kl_div_fwd_cuda(const at::Tensor& student,
   if (student.scalar_type() != at::kDouble && teacher.scalar_type() == at::kDouble) teacher = teacher.to(at::kFloat);
   auto [loss, grad] = allocate_outputs(student, a);
   const at::Tensor scale = reduction_scale(a, student, lengths, weights);
+  assert_lengths_when_empty(a, lengths);
   if (a.B * a.T == 0 || a.V == 0) return {reduce_loss(a, loss, scale), grad};
   at::Tensor len_holder;
   const int64_t* len = lengths_ptr(lengths, len_holder);
@@ -635,6 +657,7 @@ std::tuple<at::Tensor, at::Tensor> kd_kl_div_topk_fwd_cuda(const at::Tensor& stu
   const c10::cuda::CUDAGuard guard(student.device());
   auto [loss, grad] = allocate_outputs(student, a);
   const at::Tensor scale = reduction_scale(a, student, lengths, weights);
+  assert_lengths_when_empty(a, lengths);
   if (a.B * a.T == 0) return {reduce_loss(a, loss, scale), grad};
   at::Tensor len_holder;
   const int64_t* len = lengths_ptr(lengths, len_holder);

@@ -22,8 +22,6 @@ MOVED = {
     "asrkd.students.streaming": "asrkd.models.students.streaming",
     "asrkd.students.export": "asrkd.models.export",
     "asrkd.teachers": "asrkd.models.teachers",
-    "asrkd.teachers.base": "asrkd.models.teachers.base",
-    "asrkd.teachers.checkpoint": "asrkd.models.teachers.from_checkpoint",
     "asrkd.teachers.ct2": "asrkd.models.teachers.ct2",
     "asrkd.teachers.hf": "asrkd.models.teachers.hf",
     "asrkd.teachers.torchaudio_ctc": "asrkd.models.teachers.torchaudio_ctc",

@@ -42,7 +42,7 @@ from asrkd.kd.cache import TeacherCache, build_cache  # noqa: E402
 from asrkd.data import CharTokenizer, Utterance  # noqa: E402
 from asrkd.kd.loss import DistillationLoss  # noqa: E402
 from asrkd.models.students import build_student, count_parameters  # noqa: E402
-from asrkd.models.teachers import FrozenTeacher  # noqa: E402
+from asrkd.models.acoustic import AcousticModel  # noqa: E402
 
 TEACHER_RATE = 50.0
 
@@ -101,7 +101,7 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device) -> list[flo
 def bench(device: torch.device, args, workdir: Path) -> dict:
     tok = CharTokenizer.english()
     utts, batch = _batch(args.batch, args.seconds, workdir, tok)
-    teacher = FrozenTeacher(_FixedLogits(len(tok)), vocab=tok.tokens, blank_id=0, frame_rate=TEACHER_RATE,
+    teacher = AcousticModel(_FixedLogits(len(tok)), vocab=tok.tokens, blank_id=0, frame_rate=TEACHER_RATE, frozen=True,
                             spec="bench:fixed-logits")
     caches = {}
     for kind, topk in (("dense", None), ("topk", args.topk)):

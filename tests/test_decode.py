@@ -15,15 +15,9 @@ from asrkd.models.checkpoint import save_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.data.features import FeatureConfig, GlobalCMVN
 from asrkd.data.tokenizer import CharTokenizer
-from asrkd.eval.decode import (
-    Emission,
-    decode_manifest,
-    delay_summary,
-    load_recognizer,
-    match_emissions,
-    token_emissions,
-    write_hypotheses,
-)
+from asrkd.eval.decode import decode_manifest, write_hypotheses
+from asrkd.eval.latency import Emission, delay_summary, match_emissions, token_emissions
+from asrkd.models.acoustic import AcousticModel, load_acoustic_model
 from asrkd.models.students import build_student
 
 TINY = dict(d_model=32, num_heads=2, ffn_dim=64, num_layers=2, frontend_channels=8, dropout=0.0, kernel_size=5)
@@ -135,7 +129,7 @@ def test_full_utterance_format_failures_and_stats(corpus, tmp_path):
 
 # ----------------------------------------------------------------------------- streaming
 def test_streaming_equals_full_utterance(corpus):
-    rec = load_recognizer(corpus["student"])
+    rec = load_acoustic_model(corpus["student"])
     wave = torch.from_numpy(sf.read(corpus["root"] / "u3.wav", dtype="float32")[0])
     full, lens = rec.log_probs(wave[None], torch.tensor([wave.numel()]))
     for chunk_ms in (None, 100.0, 480.0):
@@ -157,9 +151,7 @@ def test_streaming_equals_full_utterance(corpus):
     assert stats["observed_latency_ms"] == pytest.approx(295.0)  # pushes line up with segments
 
     # an in-memory student (as a trainer holds it) decodes the same
-    from asrkd.eval.decode import Recognizer
-
-    mem = Recognizer.from_student(rec.model, rec.tokenizer, FeatureConfig(), GlobalCMVN.identity(80).to_dict())
+    mem = AcousticModel.from_student(rec.model, rec.tokenizer, FeatureConfig(), GlobalCMVN.identity(80).to_dict())
     assert decode_manifest(mem, corpus["good"], streaming=True)[0] == full_hyps
 
 
@@ -264,11 +256,13 @@ def _save_whisper(path):
 
 def test_waveform_checkpoint_decodes_and_serves_as_reference(corpus, tmp_path):
     teacher = _save_whisper(tmp_path / "teacher.pt")
-    rec = load_recognizer(teacher)
+    rec = load_acoustic_model(teacher)
     assert rec.input_type == "wave" and rec.frame_rate == 50.0 and not rec.can_stream
     hyps, stats = decode_manifest(teacher, corpus["manifest"])
     assert list(hyps) == ["u1", "u2", "bad", "u3", "u4", "gone", "blip", "neg"] and stats["input"] == "wave"
-    assert stats["decoded"] == 4 and stats["arch"] == "whisper_ctc"
+    # 320 samples (the 20 ms "blip") are Whisper's minimum, as in the teacher cache: one frame, decoded
+    assert stats["decoded"] == 5 and "blip" not in stats["failed_ids"] and stats["arch"] == "whisper_ctc"
+    assert rec.min_samples == 320
     # one by one == batched
     hyps1, _ = decode_manifest(f"asrkd:{teacher}", corpus["good"], batch_seconds=0.1)
     assert hyps1 == {u: hyps[u] for u in DURATIONS}
@@ -293,14 +287,13 @@ class _Spiker(torch.nn.Module):
 
 def test_vocabulary_only_teacher(corpus):
     # A teacher from load_teacher (no asrkd tokenizer): text from its symbols, "|" = space.
-    from asrkd.models.teachers import FrozenTeacher
-
-    teacher = FrozenTeacher(_Spiker(), vocab=["-", "|", "A", "B", "C"], blank_id=0, frame_rate=50.0, spec="spiker")
+    teacher = AcousticModel(_Spiker(), vocab=["-", "|", "A", "B", "C"], blank_id=0, frame_rate=50.0, spec="spiker",
+                            frozen=True)
     hyps, stats = decode_manifest(teacher, corpus["good"], emission_delay_ref="forced-align")
     assert hyps == {u: "BA C" for u in DURATIONS} and stats["checkpoint"] == "spiker"
     # forced alignment needs the text in its vocabulary: "hello there" cannot be spelt with A B C
     assert stats["emission_delay"]["skipped"] == {"oov_text": 4}
-    rec = load_recognizer(teacher)
+    rec = load_acoustic_model(teacher)
     assert rec.encode("cab ba") == [4, 2, 3, 1, 3, 2]
     assert rec.symbols([3, 1]) == ["b", " "]
 

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from asrkd.data.features import FeatureConfig, FeaturePipeline, GlobalCMVN
-from asrkd.models.students import SIZES, AudioStreamer, CausalConvSubsampling, build_student, count_parameters
+from asrkd.models.acoustic import AcousticModel
+from asrkd.models.students import SIZES, CausalConvSubsampling, build_student, count_parameters
 
 ATOL = 1e-4
 TEACHER_PARAMS = 7.63e6  # Whisper tiny.en encoder, the mini recipe's teacher (before its CTC head)
@@ -166,8 +167,10 @@ def test_audio_streaming_equals_offline_pipeline(arch):
     wave = 0.1 * torch.randn(1, 21_937)
     feats, feat_lengths = features(wave, torch.tensor([wave.size(1)]))
     full, _ = model(feats, feat_lengths)
-    streamer = AudioStreamer(model, features)
-    assert streamer.latency_ms == pytest.approx(model.algorithmic_latency_ms + 15.0)
+    acoustic = AcousticModel(model, vocab=[str(i) for i in range(model.vocab_size)], blank_id=0,
+                             frame_rate=model.frame_rate, frontend=features)
+    assert acoustic.streaming_latency_ms() == pytest.approx(model.algorithmic_latency_ms + 15.0)
+    streamer = acoustic.stream()
     outs, t0 = [], 0
     for size in (100, 1_999, 160, 3_333, 7, 5_000) * 3:
         outs.append(streamer.push(wave[:, t0 : t0 + size]))
@@ -177,8 +180,9 @@ def test_audio_streaming_equals_offline_pipeline(arch):
     streamed = torch.cat(outs, dim=1)
     assert streamed.shape == full.shape
     torch.testing.assert_close(streamed, full, atol=ATOL, rtol=0)
+    acoustic.frontend.train()  # SpecAugment on: a stream would differ from the offline pipeline
     with pytest.raises(ValueError, match="eval mode"):
-        AudioStreamer(model, features.train())
+        acoustic.stream()
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])

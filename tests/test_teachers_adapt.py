@@ -14,7 +14,8 @@ import torch
 from asrkd.models.checkpoint import load_checkpoint, load_model, register_model, save_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.data.tokenizer import CharTokenizer
-from asrkd.models.teachers import FrozenTeacher, load_teacher
+from asrkd.models.acoustic import AcousticModel
+from asrkd.models.teachers import load_teacher
 
 TEXTS = [
     "the cat sat on the mat", "a dog ran in the park", "she sells sea shells", "we like green apples",
@@ -82,7 +83,7 @@ def test_adapt_learns_and_reloads_as_teacher(corpus, tmp_path, capsys):
     model.eval()
     for spec in (f"asrkd:{out}", str(out)):
         teacher = load_teacher(spec)
-        assert isinstance(teacher, FrozenTeacher) and teacher.vocab == CharTokenizer.english().tokens
+        assert isinstance(teacher, AcousticModel) and teacher.frozen and teacher.vocab == CharTokenizer.english().tokens
         assert teacher.frame_rate == 50.0 and teacher.blank_id == 0
         wave, _ = sf.read(corpus["rows"][0]["audio"], dtype="float32")
         from asrkd.data.audio import resample

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from asrkd.models.teachers import SPEC_FORMS, FrozenTeacher, load_teacher
+from asrkd.models.acoustic import AcousticModel
+from asrkd.models.teachers import SPEC_FORMS, load_teacher
 from asrkd.models.teachers.torchaudio_ctc import normalize_waves
 
 TINY_W2V = dict(
@@ -40,8 +41,8 @@ def _waves(lengths=(1600, 1100)) -> tuple[torch.Tensor, torch.Tensor]:
     return x, lengths_t
 
 
-def _check_frozen(teacher: FrozenTeacher) -> None:
-    assert isinstance(teacher, FrozenTeacher) and not teacher.training
+def _check_frozen(teacher: AcousticModel) -> None:
+    assert isinstance(teacher, AcousticModel) and teacher.frozen and not teacher.training
     assert all(not p.requires_grad for p in teacher.parameters())
     teacher.train()
     assert not teacher.training and not any(m.training for m in teacher.modules())

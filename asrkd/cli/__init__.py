@@ -19,14 +19,14 @@ import sys
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
     "prepare": "asrkd.cli.prepare",
-    "synth": "asrkd.data.synth",
+    "synth": "asrkd.cli.synth",
     "teacher-adapt": "asrkd.train.adapt",
     "cache-teacher": "asrkd.kd.cache",
     "train": "asrkd.train.loop",
-    "decode": "asrkd.eval.decode",
-    "wer": "asrkd.eval.scoring",
-    "export": "asrkd.models.export",
-    "report": "asrkd.eval.report",
+    "decode": "asrkd.cli.decode",
+    "wer": "asrkd.cli.wer",
+    "export": "asrkd.cli.export",
+    "report": "asrkd.cli.report",
     "demo": "asrkd.cli.demo",
 }
 # commands that open .pt files a user may hand them

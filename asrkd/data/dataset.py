@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .audio import AudioError
+from .audio import SAMPLE_RATE, AudioError
 from .features import FeaturePipeline, ctc_min_frames
 from .manifest import Utterance
 from .rejects import RejectRecord, Rejects
@@ -51,7 +51,7 @@ class ASRDataset(Dataset):
         self.features = features
         self.train = train
         self.subsampling = int(subsampling)
-        self.sample_rate = features.config.sample_rate if features is not None else 16000
+        self.sample_rate = features.config.sample_rate if features is not None else SAMPLE_RATE
         self.rejects = rejects if rejects is not None else Rejects()
         self.speed = None
         self._max_speed = 1.0

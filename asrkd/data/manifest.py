@@ -117,8 +117,9 @@ class Utterance:
                    speaker=d.get("speaker"), offset=d.get("offset"),
                    extra={k: v for k, v in d.items() if k not in _KNOWN})
 
-    def load_audio(self, sample_rate: int = 16000):
-        """The utterance's waveform, (N,) float32 (see :func:`asrkd.data.audio.load_audio`).
+    def load_audio(self, sample_rate: int | None = None):
+        """The utterance's waveform, (N,) float32 at ``sample_rate`` (default
+        :data:`asrkd.data.audio.SAMPLE_RATE`; see :func:`asrkd.data.audio.load_audio`).
 
         Every command loads utterance audio through here, so all check it alike: a segment
         entry (``offset``) must lie inside its file (``out_of_range``); a whole-file entry whose
@@ -126,8 +127,9 @@ class Utterance:
         ``AudioError(kind="duration_mismatch")``: the manifest describes other audio, and
         batching, budgets and the CTC check all trusted its duration.
         """
-        from .audio import load_audio
+        from .audio import SAMPLE_RATE, load_audio
 
+        sample_rate = SAMPLE_RATE if sample_rate is None else sample_rate
         if self.offset is not None:
             return load_audio(self.audio, offset=self.offset, duration=self.duration, sample_rate=sample_rate)
         return load_audio(self.audio, sample_rate=sample_rate, declared_duration=self.duration)

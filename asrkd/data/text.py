@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Iterable
 
 # Typographic forms of the apostrophe; each is read as "'".
 APOSTROPHES = frozenset("'\u2019\u2018\u02bc`\u00b4\u2032")

@@ -14,21 +14,13 @@ and writes ``results.json`` (the contract in the design: ``teacher``, ``student_
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
 from asrkd.atomic import atomic_write, refuse_overwrite, write_text
 
-HELP = "collect a recipe's WER/CER, latency and timings into results.json, a table and a PNG"
-
 MODELS = ("teacher", "student_ctc", "student_kd")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--exp", required=True, type=Path, help="experiment folder (e.g. exp/mini)")
-    p.add_argument("--out", type=Path, default=None, help="results JSON (default EXP/results.json)")
 
 
 def _read_json(path: Path, *required: str) -> dict | None:
@@ -169,18 +161,17 @@ def plot(results: dict[str, Any], out: Path) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> int:
-    exp = args.exp
+def write_report(exp: Path, out: Path | None = None) -> tuple[dict[str, Any], str, list[Path]]:
+    """``asrkd report``: collect ``exp`` into ``out`` (default ``exp/results.json``), ``results.md`` and
+    ``dev_curves.png`` (when matplotlib is there). Returns ``(results, markdown table, files written)``;
+    refuses outputs that are among its inputs."""
     if not exp.is_dir():
         raise FileNotFoundError(f"--exp {exp}: no such experiment folder")
-    out = args.out or exp / "results.json"
-    refuse_overwrite({"--out": out, "results.md": exp / "results.md", "dev_curves.png": exp / "dev_curves.png"},
-                     _inputs(exp))
+    out = out or exp / "results.json"
+    md_path, png = exp / "results.md", exp / "dev_curves.png"
+    refuse_overwrite({"--out": out, "results.md": md_path, "dev_curves.png": png}, _inputs(exp))
     results = collect(exp)
     atomic_write(out, lambda f: f.write(json.dumps(results, indent=2) + "\n"), mode="w")
     md = table(results)
-    write_text(exp / "results.md", md)
-    png = exp / "dev_curves.png"
-    print(md, end="")
-    print(f"wrote {out}, {exp / 'results.md'}" + (f", {png}" if plot(results, png) else ""))
-    return 0
+    write_text(md_path, md)
+    return results, md, [out, md_path] + ([png] if plot(results, png) else [])

@@ -29,6 +29,7 @@ __all__ = [
     "GreedyDecoder",
     "PrefixBeamSearch",
     "TorchaudioBeamSearch",
+    "beam_backend",
     "build_decoder",
     "flashlight_available",
     "greedy_decode",
@@ -36,6 +37,8 @@ __all__ = [
 ]
 
 _NEG_INF = float("-inf")
+# Word separators a vocabulary may use, in the order the torchaudio beam search looks for one.
+_SEPARATORS = (" ", "|", "<space>")
 
 
 def _as_batch(
@@ -302,7 +305,8 @@ class TorchaudioBeamSearch:
         beam_threshold: prune hypotheses this far below the best.
         log_add: merge equal hypotheses by log-add (sum over paths, like CTC) rather
             than max.
-        word_separator: the separator symbol in ``tokens``.
+        word_separator: the separator symbol in ``tokens`` (default: the first of ``" "``, ``"|"``,
+            ``"<space>"`` that ``tokens`` holds).
     """
 
     def __init__(
@@ -320,7 +324,7 @@ class TorchaudioBeamSearch:
         beam_size_token: int | None = None,
         beam_threshold: float = 50.0,
         log_add: bool = True,
-        word_separator: str = " ",
+        word_separator: str | None = None,
     ) -> None:
         if not flashlight_available():
             raise RuntimeError(
@@ -332,6 +336,8 @@ class TorchaudioBeamSearch:
         tokens = list(tokens)
         if not 0 <= blank < len(tokens):
             raise ValueError(f"blank id {blank} is outside the {len(tokens)} tokens")
+        if word_separator is None:
+            word_separator = next((s for s in _SEPARATORS if s in tokens), " ")
         names = []
         for i, tok in enumerate(tokens):
             if tok == word_separator:
@@ -410,6 +416,16 @@ class TorchaudioBeamSearch:
 # --------------------------------------------------------------------------- factory
 
 
+def beam_backend(backend: str = "auto", tokens: Sequence[str] | None = None) -> str:
+    """The beam search ``backend`` means: ``"torchaudio"`` or ``"asrkd"`` as given; ``"auto"``:
+    torchaudio when flashlight-text is importable and ``tokens`` are given, else asrkd."""
+    if backend not in ("auto", "torchaudio", "asrkd"):
+        raise ValueError(f"unknown beam-search backend {backend!r}; expected 'auto', 'torchaudio' or 'asrkd'")
+    if backend == "auto":
+        return "torchaudio" if tokens is not None and flashlight_available() else "asrkd"
+    return backend
+
+
 def build_decoder(
     kind: str = "greedy",
     tokens: Sequence[str] | None = None,
@@ -443,10 +459,7 @@ def build_decoder(
         return GreedyDecoder(blank)
     if kind != "beam":
         raise ValueError(f"unknown decoder kind {kind!r}; expected 'greedy' or 'beam'")
-    if backend not in ("auto", "torchaudio", "asrkd"):
-        raise ValueError(f"unknown beam-search backend {backend!r}; expected 'auto', 'torchaudio' or 'asrkd'")
-    if backend == "auto":
-        backend = "torchaudio" if tokens is not None and flashlight_available() else "asrkd"
+    backend = beam_backend(backend, tokens)
     if backend == "torchaudio":
         if tokens is None:
             raise ValueError("the torchaudio beam search needs the token list (tokens=...)")

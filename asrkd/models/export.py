@@ -12,7 +12,6 @@ partial last segments) that the ONNX exporters cannot follow.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -23,9 +22,8 @@ import torch
 
 from asrkd.atomic import refuse_overwrite, write_bytes
 from asrkd.models.checkpoint import load_model
-from asrkd.models.students.streaming import StreamingCTC, count_parameters
+from asrkd.models.students.streaming import StreamingCTC
 
-HELP = "export a streaming student checkpoint to TorchScript (streaming API included)"
 METADATA_FILE = "asrkd.json"
 FORMATS = ("torchscript",)
 
@@ -120,17 +118,14 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
     return module, json.loads(extra[METADATA_FILE] or "{}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="asrkd checkpoint of a streaming student")
-    parser.add_argument("--out", required=True, help="output file (e.g. student.ts)")
-    parser.add_argument("--format", default="torchscript", choices=FORMATS, help="export format")
-
-
-def run(args: argparse.Namespace) -> int:
-    refuse_overwrite({"--out": args.out}, {"--checkpoint": args.checkpoint})
-    model, ckpt = load_model(args.checkpoint)
+def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> tuple[StreamingCTC, dict[str, Any], float]:
+    """``asrkd export``: the streaming student of ``checkpoint`` to TorchScript at ``out``, with its
+    tokenizer, features and CMVN as metadata. Returns ``(model, checkpoint dict, max |exported -
+    eager| logit difference)``; refuses an ``out`` that is the checkpoint."""
+    refuse_overwrite({"--out": out}, {"--checkpoint": checkpoint})
+    model, ckpt = load_model(checkpoint)
     if not isinstance(model, StreamingCTC):
-        raise ValueError(f"{args.checkpoint} holds arch {ckpt.get('arch')!r}, not a streaming student "
+        raise ValueError(f"{checkpoint} holds arch {ckpt.get('arch')!r}, not a streaming student "
                          "(emformer_ctc or conformer_ctc)")
     metadata = {
         "arch": ckpt["arch"],
@@ -143,10 +138,4 @@ def run(args: argparse.Namespace) -> int:
         "lookahead_frames": model.lookahead_frames,
         "algorithmic_latency_ms": model.algorithmic_latency_ms,
     }
-    diff = export_torchscript(model, args.out, metadata)
-    print(
-        f"wrote {args.out}: {ckpt['arch']}, {count_parameters(model):,} parameters, "
-        f"chunk {model.chunk_frames} frames, latency {model.algorithmic_latency_ms:.0f} ms; "
-        f"max |exported - eager| logit difference {diff:.2e}"
-    )
-    return 0
+    return model, ckpt, export_torchscript(model, out, metadata)

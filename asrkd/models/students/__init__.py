@@ -20,11 +20,10 @@ from typing import Any
 from asrkd.models.students.conformer import ConformerCTC
 from asrkd.models.students.emformer import EmformerCTC
 from asrkd.models.students.frontend import CausalConvSubsampling
-from asrkd.models.students.streaming import AudioStreamer, StreamingCTC, StreamState, count_parameters
+from asrkd.models.students.streaming import StreamingCTC, StreamState, count_parameters
 
 __all__ = [
     "ARCHS",
-    "AudioStreamer",
     "SIZES",
     "CausalConvSubsampling",
     "ConformerCTC",

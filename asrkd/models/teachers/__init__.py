@@ -1,6 +1,6 @@
 """Teachers: large pretrained acoustic models, frozen, seen through one interface.
 
-``load_teacher(spec, **kw)`` returns a :class:`FrozenTeacher` (eval, no grad):
+``load_teacher(spec, **kw)`` returns a frozen :class:`~asrkd.models.acoustic.AcousticModel` (eval, no grad):
 ``forward(waves (B, N) float 16 kHz, lengths (B,)) -> (logits (B, T_t, V_t), out_lengths (B,))``
 with ``frame_rate``, ``vocab`` (id -> symbol) and ``blank_id``.
 """
@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from asrkd.models.teachers.base import FrozenTeacher
+from asrkd.models.acoustic import AcousticModel
 from asrkd.models.teachers.whisper import (  # importing registers the "whisper_ctc" builder
     WhisperCTC,
     WhisperEncoder,
@@ -23,7 +23,6 @@ from asrkd.models.teachers.whisper import (  # importing registers the "whisper_
 )
 
 __all__ = [
-    "FrozenTeacher",
     "SPEC_FORMS",
     "WhisperCTC",
     "WhisperEncoder",
@@ -58,7 +57,7 @@ def load_whisper_teacher(
     head_kernel: int = 5,
     seed: int = 0,
     spec: str = "",
-) -> FrozenTeacher:
+) -> AcousticModel:
     """Whisper encoder + a *fresh* (untrained, seeded) CTC head over ``tokenizer``'s symbols
     (a tokenizer, a saved tokenizer path/dict, a list of symbols, or None for lower-case
     letters, space and apostrophe). Its logits mean nothing until the head is trained
@@ -72,22 +71,32 @@ def load_whisper_teacher(
         "and load the result with load_teacher('asrkd:teacher.pt')",
         stacklevel=3,
     )
-    return FrozenTeacher(model, vocab=vocab, blank_id=blank_id, frame_rate=model.frame_rate, spec=spec or f"whisper:{weights}")
+    return AcousticModel(model, vocab=vocab, blank_id=blank_id, frame_rate=model.frame_rate,
+                         spec=spec or f"whisper:{weights}", frozen=True)
 
 
-def _load_pt(path: Path, kw: dict[str, Any]) -> FrozenTeacher:
+def _load_pt(path: Path, kw: dict[str, Any]) -> AcousticModel:
     """A bare ``.pt`` path: an asrkd checkpoint, or an openai-whisper checkpoint."""
     from asrkd.models.checkpoint import is_checkpoint, safe_load
-    from asrkd.models.teachers.from_checkpoint import teacher_from_state
 
     obj = safe_load(path)
     if is_checkpoint(obj):
         if kw:
             raise TypeError(f"an asrkd checkpoint teacher takes no options, got {sorted(kw)}")
-        return teacher_from_state(obj, f"asrkd:{path}")
+        return AcousticModel.from_state(obj, f"asrkd:{path}", frozen=True)
     if isinstance(obj, dict) and "dims" in obj and "model_state_dict" in obj:
         return load_whisper_teacher(path, spec=f"whisper:{path}", **kw)
     raise ValueError(f"{path} is neither an asrkd checkpoint nor an openai-whisper checkpoint\n{SPEC_FORMS}")
+
+
+def _load_checkpoint_teacher(path: Path, kw: dict[str, Any]) -> AcousticModel:
+    from asrkd.models.checkpoint import load_checkpoint
+
+    if kw:
+        raise TypeError(f"an asrkd checkpoint teacher takes no options, got {sorted(kw)}")
+    if not path.is_file():
+        raise FileNotFoundError(f"asrkd checkpoint not found: {path}")
+    return AcousticModel.from_state(load_checkpoint(path), f"asrkd:{path}", frozen=True)
 
 
 def spec_file(spec: str | os.PathLike | None) -> Path | None:
@@ -108,7 +117,7 @@ def spec_file(spec: str | os.PathLike | None) -> Path | None:
     return Path(spec)
 
 
-def load_teacher(spec: str | os.PathLike, **kw: Any) -> FrozenTeacher:
+def load_teacher(spec: str | os.PathLike, **kw: Any) -> AcousticModel:
     """Load a frozen teacher from ``spec`` (see :data:`SPEC_FORMS`).
 
     Keyword arguments go to the adapter: ``tokenizer``/``head_*``/``seed`` for Whisper,
@@ -142,9 +151,7 @@ def load_teacher(spec: str | os.PathLike, **kw: Any) -> FrozenTeacher:
 
         return load_hf_ctc(rest, **kw)
     if sep and kind == "asrkd":
-        from asrkd.models.teachers.from_checkpoint import load_checkpoint_teacher
-
-        return load_checkpoint_teacher(rest, **kw)
+        return _load_checkpoint_teacher(Path(rest), kw)
     path = Path(spec)
     if path.suffix in {".pt", ".pth", ".ckpt"}:
         if not path.is_file():

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from asrkd.models.teachers.base import SAMPLE_RATE, FrozenTeacher
+from asrkd.data.audio import SAMPLE_RATE
+from asrkd.models.acoustic import AcousticModel, conv_min_samples
 from asrkd.models.teachers.torchaudio_ctc import normalize_waves
 
 
@@ -45,6 +46,7 @@ class HFCTC(nn.Module):
         self.do_normalize = do_normalize
         self.use_attention_mask = attention_mask
         self.frame_rate = SAMPLE_RATE / math.prod(model.config.conv_stride)
+        self.min_samples = conv_min_samples(model.config.conv_kernel, model.config.conv_stride)
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         out = lengths
@@ -72,7 +74,7 @@ def _vocab(directory: Path, vocab_size: int) -> list[str]:
     return [id_to_token.get(i, f"<unused-{i}>") for i in range(vocab_size)]
 
 
-def load_hf_ctc(directory: str | os.PathLike) -> FrozenTeacher:
+def load_hf_ctc(directory: str | os.PathLike) -> AcousticModel:
     """A teacher from a local Hugging Face CTC model directory."""
     directory = Path(directory)
     if not (directory / "config.json").is_file():
@@ -96,4 +98,5 @@ def load_hf_ctc(directory: str | os.PathLike) -> FrozenTeacher:
     module = HFCTC(model, do_normalize=do_normalize, attention_mask=attention_mask)
     vocab = _vocab(directory, cfg.vocab_size)
     blank = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-    return FrozenTeacher(module, vocab=vocab, blank_id=blank, frame_rate=module.frame_rate, spec=f"hf:{directory}")
+    return AcousticModel(module, vocab=vocab, blank_id=blank, frame_rate=module.frame_rate, spec=f"hf:{directory}",
+                         frozen=True)

@@ -27,7 +27,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from asrkd.models.teachers.base import SAMPLE_RATE, FrozenTeacher
+from asrkd.data.audio import SAMPLE_RATE
+from asrkd.models.acoustic import AcousticModel, conv_min_samples
 
 # Builders in torchaudio.models that accept `aux_num_out` (the CTC output layer size).
 ARCHS = (
@@ -62,8 +63,9 @@ class TorchaudioCTC(nn.Module):
         super().__init__()
         self.model = model
         self.normalize_waveform = normalize_waveform
-        strides = [layer.conv.stride[0] for layer in model.feature_extractor.conv_layers]
-        self.frame_rate = SAMPLE_RATE / math.prod(strides)
+        convs = [layer.conv for layer in model.feature_extractor.conv_layers]
+        self.frame_rate = SAMPLE_RATE / math.prod(c.stride[0] for c in convs)
+        self.min_samples = conv_min_samples([c.kernel_size[0] for c in convs], [c.stride[0] for c in convs])
 
     def forward(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.normalize_waveform:
@@ -85,7 +87,7 @@ def _bundle_url(bundle: Any) -> str:
     return path if path.startswith("https") else f"https://download.pytorch.org/torchaudio/models/{path}"
 
 
-def load_torchaudio_bundle(name: str, *, normalize_waveform: bool | None = None) -> FrozenTeacher:
+def load_torchaudio_bundle(name: str, *, normalize_waveform: bool | None = None) -> AcousticModel:
     """A teacher from a ``torchaudio.pipelines`` ASR bundle whose weights are already cached."""
     import torchaudio.pipelines as pipelines
 
@@ -110,7 +112,8 @@ def load_torchaudio_bundle(name: str, *, normalize_waveform: bool | None = None)
     if bundle.sample_rate != SAMPLE_RATE:
         raise ValueError(f"bundle {name} expects {bundle.sample_rate} Hz audio; asrkd teachers take {SAMPLE_RATE} Hz")
     module = TorchaudioCTC(inner, normalize_waveform)
-    return FrozenTeacher(module, vocab=list(bundle.get_labels()), blank_id=0, frame_rate=module.frame_rate, spec=f"torchaudio:{name}")
+    return AcousticModel(module, vocab=list(bundle.get_labels()), blank_id=0, frame_rate=module.frame_rate,
+                         spec=f"torchaudio:{name}", frozen=True)
 
 
 def _en_labels() -> list[str]:
@@ -127,7 +130,7 @@ def load_torchaudio_state_dict(
     blank_id: int = 0,
     normalize_waveform: bool = False,
     config: dict[str, Any] | None = None,
-) -> FrozenTeacher:
+) -> AcousticModel:
     """A teacher from a torchaudio ``Wav2Vec2Model`` state dict and its builder name."""
     import torchaudio.models as tam
 
@@ -174,4 +177,5 @@ def load_torchaudio_state_dict(
     except RuntimeError as err:
         raise ValueError(f"{path} does not fit torchaudio.models.{arch}: {err}") from None
     module = TorchaudioCTC(model, normalize_waveform)
-    return FrozenTeacher(module, vocab=labels, blank_id=blank_id, frame_rate=module.frame_rate, spec=f"torchaudio-arch:{arch}:{path}")
+    return AcousticModel(module, vocab=labels, blank_id=blank_id, frame_rate=module.frame_rate,
+                         spec=f"torchaudio-arch:{arch}:{path}", frozen=True)

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from asrkd.data.audio import SAMPLE_RATE
 from asrkd.models.checkpoint import register_model, safe_load
 
-SAMPLE_RATE = 16000
 N_FFT = 400
 HOP_LENGTH = 160
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH / 2  # conv2 has stride 2: 50 encoder frames per second
@@ -146,7 +146,7 @@ class ResidualAttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_ln(x))
 
 
-def _time_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+def _frames_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
     return torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]
 
 
@@ -185,7 +185,7 @@ class WhisperEncoder(nn.Module):
         B, T, _ = feats.shape
         if T > 2 * self.n_ctx:
             raise ValueError(f"embed() takes at most {2 * self.n_ctx} frames, got {T}; forward() windows longer inputs")
-        mask = _time_mask(lengths, T)
+        mask = _frames_mask(lengths, T)
         x = feats.transpose(1, 2).masked_fill(~mask[:, None, :], 0.0)
         x = F.gelu(self.conv1(x)).masked_fill(~mask[:, None, :], 0.0)
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, T', n_state)
@@ -195,13 +195,13 @@ class WhisperEncoder(nn.Module):
 
     def run_blocks(self, x: torch.Tensor, lengths: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Blocks ``start .. stop-1`` on the residual stream ``x (B, T', n_state)``."""
-        key_mask = None if bool((lengths == x.size(1)).all()) else _time_mask(lengths, x.size(1))
+        key_mask = None if bool((lengths == x.size(1)).all()) else _frames_mask(lengths, x.size(1))
         for block in self.blocks[start:stop]:
             x = block(x, key_mask)
         return x
 
     def finish(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.ln_post(x).masked_fill(~_time_mask(lengths, x.size(1))[:, :, None], 0.0)
+        return self.ln_post(x).masked_fill(~_frames_mask(lengths, x.size(1))[:, :, None], 0.0)
 
     def _forward_window(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, out_lengths = self.embed(feats, lengths)
@@ -256,7 +256,7 @@ class ConvCTCHead(nn.Module):
         self.proj = nn.Linear(hidden if layers else in_dim, vocab_size)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        mask = _time_mask(lengths, x.size(1))[:, None, :]
+        mask = _frames_mask(lengths, x.size(1))[:, None, :]
         x = self.dropout(x).transpose(1, 2)
         for conv in self.convs:
             x = self.dropout(F.gelu(conv(x.masked_fill(~mask, 0.0))))
@@ -279,6 +279,8 @@ class WhisperCTC(nn.Module):
 
     input_type = "wave"
     frame_rate = FRAME_RATE
+    # The log-mel front-end refuses fewer than two STFT frames; conv2's stride 2 then gives one frame.
+    min_samples = 2 * HOP_LENGTH
 
     def __init__(
         self,

@@ -195,24 +195,38 @@ def _read_yaml(path: Path) -> Any:
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
                 base: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """:data:`DEFAULTS` <- ``base`` (e.g. a checkpoint's config) <- the YAML file <- overrides."""
+    """:data:`DEFAULTS` <- ``base`` (e.g. a checkpoint's config) <- the YAML file (after the file it
+    ``extends``, if any) <- overrides."""
     cfg = copy.deepcopy(DEFAULTS)
     if base is not None:
         _check_keys(base, DEFAULTS)
         _merge(cfg, base)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        user = _read_yaml(path) or {}
-        if not isinstance(user, Mapping):
-            raise ConfigError(f"{path}: the config must be a mapping at the top level")
-        try:
-            _check_keys(user, DEFAULTS)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
-        _merge(cfg, user)
+        _merge_file(cfg, Path(path), ())
     return apply_overrides(cfg, overrides)
+
+
+def _merge_file(cfg: dict[str, Any], path: Path, chain: tuple[Path, ...]) -> None:
+    """Merge a YAML config into ``cfg``; its top-level ``extends: OTHER.yaml`` (relative to the
+    file) is merged first, so a recipe's variant states only what differs from its base."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise ConfigError(f"{path}: 'extends' goes round in a circle: {' -> '.join(map(str, chain + (path,)))}")
+    user = _read_yaml(path) or {}
+    if not isinstance(user, Mapping):
+        raise ConfigError(f"{path}: the config must be a mapping at the top level")
+    user = dict(user)
+    parent = user.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{path}: 'extends' must name a YAML file, got {parent!r}")
+        _merge_file(cfg, path.parent / parent, chain + (path.resolve(),))
+    try:
+        _check_keys(user, DEFAULTS)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    _merge(cfg, user)
 
 
 @dataclass(frozen=True)

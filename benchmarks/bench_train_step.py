@@ -2,7 +2,7 @@
 
 Both steps are what ``asrkd train`` does per batch: student forward, loss, backward, gradient
 clipping, AdamW step. The KD step also reads the teacher's targets from a real cache
-(``asrkd.kd.cache``: memory-mapped shard slices, :meth:`~asrkd.kd.cache.TeacherCache.loss_inputs`) and
+(``asrkd.kd.cache``: memory-mapped shard slices, :meth:`~asrkd.kd.cache.TeacherCache.targets`) and
 aligns them (50 -> 25 frames/s, the mini recipe's Whisper teacher and student) inside
 :class:`~asrkd.kd.loss.DistillationLoss`. The cache is written once, before timing, by a
 stand-in teacher with fixed random logits at 50 frames/s (what is timed is reading and
@@ -126,11 +126,11 @@ def bench(device: torch.device, args, workdir: Path) -> dict:
 
         def step():
             # what the trainer does per batch with a cache
-            kw = cache.loss_inputs(on_dev["ids"], device) if cache is not None else {}
+            teacher = cache.targets(on_dev["ids"], device) if cache is not None else None
             with amp if amp is not None else torch.autocast("cpu", enabled=False):
                 logits, lengths = model(on_dev["feats"], on_dev["feat_lengths"])
             out = loss_fn(logits, lengths, on_dev["targets"], on_dev["target_lengths"], has_text=on_dev["has_text"],
-                          **kw)
+                          teacher=teacher)
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()

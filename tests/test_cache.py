@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_train import make_corpus, make_teacher
 
+from asrkd.data import Rejects, load_manifest
 from asrkd.kd.cache import (
     CacheIntegrityError,
     CacheKeyError,
@@ -25,7 +26,6 @@ from asrkd.kd.cache import (
     entry_fingerprint,
     teacher_fingerprint,
 )
-from asrkd.data import Rejects, load_manifest
 from asrkd.models.teachers import load_teacher
 
 
@@ -60,14 +60,21 @@ def test_dense_cache_holds_the_teachers_log_probs(corpus, tmp_path):
     for u in utts:
         t = cache.get(u.id)
         ref = _alone(teacher, u)
-        assert t.logits.dtype == torch.float16 and t.frames == ref.shape[0]
-        torch.testing.assert_close(t.logits.float(), ref, atol=2e-2, rtol=2e-3)  # batched run + fp16
+        assert t.log_probs.dtype == torch.float16 and t.frames == ref.shape[0]
+        torch.testing.assert_close(t.log_probs.float(), ref, atol=2e-2, rtol=2e-3)  # batched run + fp16
     batch = collate_teacher([cache.get(u.id) for u in utts[:3]])
     assert batch["logits"].shape == (3, int(batch["lengths"].max()), len(teacher.vocab))
     assert batch["lengths"].tolist() == [cache.get(u.id).frames for u in utts[:3]]
-    kw = cache.loss_inputs([u.id for u in utts[:3]])
+    teacher_out = cache.targets([u.id for u in utts[:3]])
+    assert teacher_out.kind == "dense" and teacher_out.topk_idx is None
+    assert torch.equal(teacher_out.logits, batch["logits"]) and torch.equal(teacher_out.lengths, batch["lengths"])
+    with pytest.warns(DeprecationWarning, match="teacher=cache.targets"):
+        kw = cache.loss_inputs([u.id for u in utts[:3]])  # the older keyword form, still served
     assert set(kw) == {"teacher_logits", "teacher_lengths"}
     assert torch.equal(kw["teacher_logits"], batch["logits"]) and torch.equal(kw["teacher_lengths"], batch["lengths"])
+    t = cache.get(utts[0].id)
+    with pytest.warns(DeprecationWarning, match="log_probs"):
+        assert t.logits is t.log_probs  # the former name of the field
     with pytest.raises(KeyError, match="not in the teacher cache"):
         cache.get("nope")
 
@@ -92,7 +99,12 @@ def test_topk_cache(corpus, tmp_path):
     # Padding frames still hold distinct ids (the top-k op checks every frame).
     srt = idx_b.sort(-1).values
     assert (srt[..., 1:] != srt[..., :-1]).all()
-    kw = cache.loss_inputs([x.id for x in utts[:4]])
+    teacher_out = cache.targets([x.id for x in utts[:4]])
+    assert teacher_out.kind == "topk" and teacher_out.logits is None
+    assert torch.equal(teacher_out.topk_idx, idx_b) and torch.equal(teacher_out.topk_logprob, lp_b)
+    assert torch.equal(teacher_out.lengths, lens)
+    with pytest.warns(DeprecationWarning):
+        kw = cache.loss_inputs([x.id for x in utts[:4]])
     assert set(kw) == {"teacher_topk", "teacher_lengths"}
     assert torch.equal(kw["teacher_topk"][0], idx_b) and torch.equal(kw["teacher_topk"][1], lp_b)
 
@@ -219,7 +231,7 @@ def test_resume_keeps_finished_shards_and_redoes_the_partial_one(corpus, tmp_pat
     a, b = TeacherCache.open(straight), TeacherCache.open(out)
     assert a.key == b.key and len(b.index["shards"]) == len(a.index["shards"])  # the plan of the first run
     for u in utts:
-        assert torch.equal(a.get(u.id).logits, b.get(u.id).logits)
+        assert torch.equal(a.get(u.id).log_probs, b.get(u.id).log_probs)
 
 
 def test_bad_audio_is_skipped_and_counted(tmp_path, capsys):
@@ -277,7 +289,7 @@ def _same_as_clean(out: Path, clean: Path, utts) -> None:
     assert {n: b for n, (_, b) in _state(out).items()} == {n: b for n, (_, b) in _state(clean).items()}
     a, b = TeacherCache.open(clean), TeacherCache.open(out)
     for u in utts:
-        assert torch.equal(a.get(u.id).logits, b.get(u.id).logits)
+        assert torch.equal(a.get(u.id).log_probs, b.get(u.id).log_probs)
 
 
 def test_flipped_bytes_are_refused_and_only_that_shard_is_redone(corpus, clean, tmp_path):
@@ -371,8 +383,8 @@ def test_an_index_without_shard_hashes_is_not_trusted(corpus, clean, tmp_path):
 
 def _whisper_teacher(path: Path) -> str:
     """A tiny random whisper_ctc checkpoint: Whisper's log-mel front-end (hop 160) and conv stride 2."""
-    from asrkd.models.checkpoint import save_checkpoint
     from asrkd.data import CharTokenizer
+    from asrkd.models.checkpoint import save_checkpoint
     from asrkd.models.teachers.whisper import WhisperCTC
 
     tok = CharTokenizer.build(["abcde"])

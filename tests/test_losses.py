@@ -8,19 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asrkd.kd.loss import (
-    DistillationLoss,
+from asrkd.kd.align import (
+    TeacherOutput,
     VocabMap,
-    align_to_student,
     blank_probability,
     blank_probability_topk,
     blank_weights,
-    ctc_loss,
     resample_frames,
     resample_topk,
     resampled_lengths,
-    shift_frames,
+    shift_topk,
 )
+from asrkd.kd.loss import DistillationLoss, ctc_loss
 from asrkd.ops import reference as ref
 
 WAV2VEC2 = ["<pad>", "<s>", "</s>", "<unk>", "|", "E", "T", "A", "\u2019", "1"]
@@ -114,6 +113,13 @@ def test_vocab_map_sentencepiece_space_and_upper_case_student():
     assert vm.is_identity
 
 
+def test_vocab_map_matches_pieces_by_the_shared_symbol_rule():
+    # asrkd.data.text.canonical_symbol: a piece's "▁" is a space, so "▁The" is " the".
+    vm = VocabMap.from_vocabs(["<pad>", "\u2581The", "\u2581a", "s"], ["<blank>", " the", "\u2581a", "s"],
+                              teacher_blank_id=0)
+    assert vm._index.tolist() == [0, 1, 2, 3] and vm.unmapped == []
+
+
 def test_vocab_map_bpe_teacher_is_refused_naming_the_pieces():
     bpe = ["<blank>", "<unk>", "\u2581the", "\u2581a", "ing", "ed", "s", "t", "er", "\u2581to", "tion", "e"]
     with pytest.raises(ValueError, match="subword") as err:
@@ -169,7 +175,7 @@ def test_map_topk_keeps_the_topk_op_distribution_consistent():
     vals, idx = lp.topk(4, dim=-1)
     out_idx, out_lp = vm.map_topk(idx, vals)
     assert out_idx.shape == (2, 5, 4)
-    assert ((out_idx.sort(-1).values[..., 1:] != out_idx.sort(-1).values[..., :-1])).all()
+    assert (out_idx.sort(-1).values[..., 1:] != out_idx.sort(-1).values[..., :-1]).all()
     dense = ref.topk_to_dense_logprobs(out_idx, out_lp, 6).exp()
     _close(dense.sum(-1), torch.ones(2, 5), atol=1e-5)
 
@@ -251,32 +257,38 @@ def test_resample_topk_equals_dense_resample_when_k_is_v():
     _close(a[0, 0].exp(), (dense[0, 0] + dense[0, 1]) / 2, atol=1e-6)
 
 
-def test_align_to_student_clips_pads_and_masks():
-    lp = _logprobs(2, 10, 3)
-    aligned, mask = align_to_student(lp, torch.tensor([10, 6]), torch.tensor([4, 5]), 6, teacher_rate=50, student_rate=25)
-    assert aligned.shape == (2, 6, 3)
-    # teacher covers 5 and 3 student frames; the student has 4 and 5 valid frames.
-    assert mask.tolist() == [[True] * 4 + [False] * 2, [True] * 3 + [False] * 3]
-    aligned, mask = align_to_student(lp, None, torch.tensor([2, 2]), 2, teacher_rate=50, student_rate=25)
-    _close(aligned[0, 1].exp(), (lp[0, 2].exp() + lp[0, 3].exp()) / 2, atol=1e-12)
-
-
 # --------------------------------------------------------------------------- streaming shift
 
 
 def test_shift_delays_the_teacher_and_masks_the_first_frames():
     x = _logprobs(2, 5, 3)
-    out, valid = shift_frames(x, 2, torch.tensor([5, 2]))
+    out, valid = resample_frames(x, torch.tensor([5, 2]), from_rate=1, to_rate=1, shift=2)
     assert out.shape == x.shape
     _close(out[0, 2:], x[0, :3], atol=1e-12)  # student frame t <- teacher frame t - 2
     _close(out[1, 2:4], x[1, :2], atol=1e-12)
     assert valid.tolist() == [[False, False, True, True, True], [False, False, True, True, False]]
     _close(out[~valid], torch.full((5, 3), -math.log(3)), atol=1e-12)  # no target: uniform, finite
-    out, valid = shift_frames(x, 0)
+    out, valid = resample_frames(x, from_rate=1, to_rate=1)
     _close(out, x, atol=1e-12)
     assert valid.all()
     with pytest.raises(ValueError, match="shift"):
-        shift_frames(x, -1)
+        resample_frames(x, from_rate=1, to_rate=1, shift=-1)
+
+
+def test_shift_topk_gathers_the_delayed_frames_and_stays_finite_past_the_teacher():
+    x = _logprobs(2, 4, 5)
+    vals, idx = x.topk(5, dim=-1)
+    lengths = torch.tensor([4, 2])
+    s_idx, s_lp = shift_topk(idx, vals, lengths, num_frames=6, shift=1)
+    assert s_idx.shape == s_lp.shape == (2, 6, 5)
+    dense, valid = resample_frames(x, lengths, from_rate=1, to_rate=1, num_frames=6, shift=1)
+    got = ref.topk_to_dense_logprobs(s_idx, s_lp, 5)
+    _close(got[valid], dense[valid], atol=1e-12)  # k = V: the dense shift, frame for frame
+    assert valid.tolist() == [[False, True, True, True, True, False], [False, True, True, False, False, False]]
+    # Frames without a teacher frame repeat a valid one (never padding), so the op sees distinct ids.
+    assert torch.equal(s_idx[1, 3:], idx[1, 1:2].expand(3, 5)) and torch.equal(s_idx[:, 0], idx[:, 0])
+    same_idx, same_lp = shift_topk(idx, vals, lengths, num_frames=3)
+    assert torch.equal(same_idx, idx[:, :3]) and torch.equal(same_lp, vals[:, :3])
 
 
 def test_shift_combined_with_resampling_is_in_student_frames():
@@ -330,6 +342,14 @@ def test_blank_probability_dense_and_topk():
     vals = torch.tensor([[[0.7, 0.2], [0.6, 0.3]]]).log()
     # Frame 1 has no stored blank: it gets the even tail share 0.1 / 1.
     _close(blank_probability_topk(idx, vals, 0, 3), torch.tensor([[0.7, 0.1]]))
+
+
+def test_topk_tail_spreads_the_missing_mass_evenly():
+    p = torch.tensor([[0.5, 0.3], [0.6, 0.6], [0.9, 0.1]])  # tail 0.2; over-full (rounding); exactly full
+    _close(ref.topk_tail(p, 6), torch.tensor([0.05, 0.0, 0.0]), atol=1e-7)
+    _close(ref.topk_tail(p, 6, log=True)[0], math.log(0.2) - math.log(4), atol=1e-6)
+    assert ref.topk_tail(p, 6, log=True)[1:].tolist() == [float("-inf")] * 2
+    assert ref.topk_tail(p, 2).tolist() == [0.0] * 3 and ref.topk_tail(p, 2, log=True).isneginf().all()  # k = V
 
 
 # --------------------------------------------------------------------------- DistillationLoss
@@ -450,7 +470,7 @@ def test_distillation_loss_counts_infeasible_transcripts():
 @pytest.mark.parametrize("case", ["equal", "shift", "resample", "vocab", "vocab+resample"])
 def test_topk_path_equals_dense_path_when_k_is_v(case):
     vocab = WAV2VEC2 if case.startswith("vocab") else STUDENT
-    rates = dict(student_frame_rate=25, teacher_frame_rate=50) if "resample" in case else {}
+    rates = {"student_frame_rate": 25, "teacher_frame_rate": 50} if "resample" in case else {}
     B, T_s = 2, 6
     T_t = 12 if rates else 7
     student = torch.randn(B, T_s, 6, requires_grad=True)
@@ -479,6 +499,38 @@ def test_topk_with_shift_matches_a_shifted_hand_target():
     w = torch.tensor([[0.0, 1, 1, 1, 1]])
     shifted = (idx[:, [0, 0, 1, 2, 3]], vals[:, [0, 0, 1, 2, 3]])
     _close(out.kd, ref.kd_kl_div_topk(student, *shifted, weights=w), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["dense", "topk"])
+def test_teacher_output_argument_equals_the_separate_teacher_arguments(kind):
+    student, lengths, targets, target_lengths = _batch()
+    teacher = (torch.randn(3, 24, len(WAV2VEC2)) * 2).log_softmax(-1)
+    t_len = 2 * lengths
+    vm = VocabMap.from_vocabs(WAV2VEC2, STUDENT, teacher_blank_id=0)
+    kw = {"vocab_map": vm, "student_frame_rate": 25, "teacher_frame_rate": 50, "shift": 1, "blank_mode": "select"}
+    if kind == "dense":
+        separate, output = {"teacher_logits": teacher}, TeacherOutput(logits=teacher, lengths=t_len)
+    else:
+        vals, idx = teacher.topk(4, dim=-1)
+        separate, output = {"teacher_topk": (idx, vals)}, TeacherOutput(topk_idx=idx, topk_logprob=vals, lengths=t_len)
+    assert output.kind == kind
+    a = DistillationLoss(seed=2, **kw)(student, lengths, targets, target_lengths, teacher_lengths=t_len, **separate)
+    b = DistillationLoss(seed=2, **kw)(student, lengths, targets, target_lengths, teacher=output)
+    assert a.to_dict() == b.to_dict()
+    with pytest.raises(ValueError, match="not both"):
+        DistillationLoss(**kw)(student, lengths, teacher=output, teacher_lengths=t_len)
+
+
+def test_teacher_output_holds_one_kind():
+    x = torch.randn(1, 2, 3)
+    with pytest.raises(ValueError, match="together"):
+        TeacherOutput(topk_idx=x.topk(2)[1])
+    with pytest.raises(ValueError, match="one of them"):
+        TeacherOutput(logits=x, topk_idx=x.topk(2)[1], topk_logprob=x.topk(2)[0])
+    with pytest.raises(ValueError, match="one of them"):
+        TeacherOutput(lengths=torch.tensor([2]))
+    moved = TeacherOutput(logits=x, lengths=torch.tensor([2])).to("cpu")
+    assert moved.kind == "dense" and moved.topk_idx is None and torch.equal(moved.logits, x)
 
 
 def test_gradients_reach_the_student_and_not_the_teacher():
@@ -526,6 +578,12 @@ def test_distillation_loss_errors():
         DistillationLoss(student_frame_rate=25)
     with pytest.raises(ValueError, match="blank_mode"):
         DistillationLoss(blank_mode="blank")
+    for bad in ({"blank_threshold": 1.5}, {"blank_weight": -0.1}):  # refused as blank_weights refuses it
+        name, value = next(iter(bad.items()))
+        with pytest.raises(ValueError, match=rf"{name} must lie in \[0, 1\], got {value}"):
+            DistillationLoss(**bad)
+        with pytest.raises(ValueError, match=rf"{name} must lie in \[0, 1\], got {value}"):
+            blank_weights(P_BLANK, "threshold", **{name.removeprefix("blank_"): value})
     vm = VocabMap.from_vocabs(WAV2VEC2, STUDENT[:-1] + ["t", "x"], teacher_blank_id=0)
     with pytest.raises(ValueError, match="V_s=6"):
         DistillationLoss(vocab_map=vm)(student, lengths, teacher_logits=torch.randn(3, 12, len(WAV2VEC2)))
@@ -537,7 +595,7 @@ def test_distillation_loss_on_cuda_matches_cpu():
     student, lengths, targets, target_lengths = _batch()
     teacher = torch.randn(3, 24, len(WAV2VEC2)) * 2
     vm = VocabMap.from_vocabs(WAV2VEC2, STUDENT, teacher_blank_id=0)
-    kw = dict(vocab_map=vm, student_frame_rate=25, teacher_frame_rate=50, shift=1, blank_mode="threshold")
+    kw = {"vocab_map": vm, "student_frame_rate": 25, "teacher_frame_rate": 50, "shift": 1, "blank_mode": "threshold"}
     cpu = DistillationLoss(**kw)(student, lengths, targets, target_lengths, teacher_logits=teacher,
                                  teacher_lengths=2 * lengths)
     s_cuda = student.detach().cuda().requires_grad_()
@@ -552,7 +610,7 @@ def test_distillation_loss_on_cuda_matches_cpu():
 
 def test_ctc_resampling_keeps_spikes():
     """50 -> 25 Hz: a spike next to a blank frame stays the argmax (the average would halve it)."""
-    blank, a, b = 0, 1, 2
+    blank, a = 0, 1
     p = torch.tensor([[[0.1, 0.9, 0.0], [1.0, 0.0, 0.0],     # spike 'a' then blank
                        [0.6, 0.4, 0.0], [0.6, 0.0, 0.4],     # two weak, different tokens
                        [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])   # 'b' held for two frames

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrkd.models.checkpoint import load_checkpoint, load_model, register_model, save_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.data.tokenizer import CharTokenizer
 from asrkd.models.acoustic import AcousticModel
+from asrkd.models.checkpoint import load_checkpoint, load_model, register_model, save_checkpoint
 from asrkd.models.teachers import load_teacher
 
 TEXTS = [
@@ -25,7 +25,8 @@ TEXTS = [
 
 def _write_speech(path, text: str, voice: str = "en-us", rate: int = 170) -> float:
     if shutil.which("espeak-ng"):
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text], check=True, capture_output=True)
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text], check=True,
+                       capture_output=True)
     else:  # a deterministic stand-in: one tone per character
         tones = [np.sin(2 * np.pi * (200 + 20 * (ord(c) % 32)) * np.arange(1600) / 16000) for c in text]
         sf.write(path, 0.3 * np.concatenate(tones).astype(np.float32), 16000)
@@ -59,9 +60,9 @@ def corpus(tmp_path_factory):
 def test_adapt_learns_and_reloads_as_teacher(corpus, tmp_path, capsys):
     out = tmp_path / "teacher.pt"
     rc = cli_main([
-        "teacher-adapt", "--train", str(corpus["train"]), "--dev", str(corpus["dev"]), "--tokenizer", str(corpus["tok"]),
-        "--out", str(out), "--epochs", "40", "--lr", "3e-3", "--time-masks", "0", "--threads", "1",
-        "--max-seconds-per-batch", "8", "--no-progress",
+        "teacher-adapt", "--train", str(corpus["train"]), "--dev", str(corpus["dev"]),
+        "--tokenizer", str(corpus["tok"]), "--out", str(out), "--epochs", "40", "--lr", "3e-3", "--time-masks", "0",
+        "--threads", "1", "--max-seconds-per-batch", "8", "--no-progress",
     ])
     assert rc == 0
     log = capsys.readouterr().out
@@ -89,7 +90,7 @@ def test_adapt_learns_and_reloads_as_teacher(corpus, tmp_path, capsys):
         from asrkd.data.audio import resample
 
         w = resample(torch.from_numpy(wave), sf.info(corpus["rows"][0]["audio"]).samplerate)[None]
-        logits, lengths = teacher(w, torch.tensor([w.size(1)]))
+        logits, _ = teacher(w, torch.tensor([w.size(1)]))
         with torch.no_grad():
             ref, _ = model(w, torch.tensor([w.size(1)]))
         torch.testing.assert_close(logits, ref)
@@ -98,7 +99,8 @@ def test_adapt_learns_and_reloads_as_teacher(corpus, tmp_path, capsys):
 def test_adapt_unfreezes_top_block_and_respects_budget(corpus, tmp_path):
     out = tmp_path / "t.pt"
     rc = cli_main([
-        "teacher-adapt", "--train", str(corpus["dev"]), "--tokenizer", str(tmp_path / "new_tok.json"), "--out", str(out),
+        "teacher-adapt", "--train", str(corpus["dev"]), "--tokenizer", str(tmp_path / "new_tok.json"),
+        "--out", str(out),
         "--epochs", "50", "--minutes", "0.001", "--unfreeze-blocks", "1", "--threads", "1", "--no-progress",
     ])
     assert rc == 0

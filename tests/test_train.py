@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 
 from asrkd.models.checkpoint import load_checkpoint, load_model, save_checkpoint
-from asrkd.train.config import ConfigError, DEFAULTS, load_config, validate
+from asrkd.train.config import DEFAULTS, ConfigError, load_config, validate
 from asrkd.train.schedule import LRSchedule
 
 SR = 16000
@@ -82,7 +82,8 @@ def base_config(tmp_path: Path, train_manifest: Path, dev_manifest: Path | None 
     cfg = load_config(None, base={
         "exp_dir": str(tmp_path / "exp"),
         "seed": 3,
-        "data": {"train": str(train_manifest), "dev": str(dev_manifest) if dev_manifest else None, "features": {"n_mels": 40},
+        "data": {"train": str(train_manifest), "dev": str(dev_manifest) if dev_manifest else None,
+                 "features": {"n_mels": 40},
                  "num_workers": 0, "max_seconds": 5.0, "cmvn_utterances": 50,
                  "specaug": {"freq_masks": 1, "freq_width": 5, "time_masks": 1, "time_width": 5}},
         "model": copy.deepcopy(TINY_MODEL),
@@ -163,8 +164,8 @@ def test_tiny_training_loss_decreases_and_checkpoint_reloads(tmp_path):
 
 def test_kd_from_cache_without_text(tmp_path):
     """Label-free KD: no transcripts, the KD term alone trains the student."""
-    from asrkd.kd.cache import build_cache
     from asrkd.data import load_manifest
+    from asrkd.kd.cache import build_cache
     from asrkd.models.teachers import load_teacher
     from asrkd.train.loop import train
 
@@ -189,8 +190,8 @@ def test_kd_from_cache_without_text(tmp_path):
 
 
 def test_teacher_in_the_loop_and_cache_teacher_check(tmp_path):
-    from asrkd.kd.cache import CacheKeyError, build_cache
     from asrkd.data import load_manifest
+    from asrkd.kd.cache import CacheKeyError, build_cache
     from asrkd.models.teachers import load_teacher
     from asrkd.train.loop import train
 
@@ -236,14 +237,87 @@ def test_resume_in_process_equals_straight_run_with_workers(tmp_path):
     assert [h["train_loss"] for h in ca["history"]][-1] == [h["train_loss"] for h in cb["history"]][-1]
 
 
+# ----------------------------------------------------------------------------- dev WER = asrkd wer
+
+
+@pytest.fixture(scope="module")
+def trained_with_dev(tmp_path_factory):
+    """A run that learns (dev CER well below 100 %), and its dev manifest."""
+    from asrkd.train.loop import train
+
+    root = tmp_path_factory.mktemp("dev_wer")
+    train_m = make_corpus(root, "train", 24, seed=0)
+    dev_m = make_corpus(root, "dev", 6, seed=1)
+    cfg = base_config(root, train_m, dev_m, train={"epochs": 8})
+    summary = train(cfg)
+    return root, dev_m, Path(cfg["exp_dir"]), summary
+
+
+def _decode_and_score(root: Path, ckpt: Path, manifest: Path, drop: tuple[str, ...] = ()) -> dict:
+    """`asrkd decode` (full-utterance, greedy) then `asrkd wer --normalize`; ``drop``: ids
+    whose hypothesis lines are removed in between."""
+    from asrkd.cli import main as cli_main
+
+    hyp, out = root / "hyp.txt", root / "wer.json"
+    assert cli_main(["decode", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out", str(hyp),
+                     "--no-progress", "--threads", "1"]) == 0
+    hyp.write_text("".join(line + "\n" for line in hyp.read_text().splitlines() if line.split()[0] not in drop))
+    assert cli_main(["wer", "--normalize", "--ref", str(manifest), "--hyp", str(hyp), "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def test_dev_wer_is_what_decode_and_wer_give(trained_with_dev):
+    """best.pt decoded with `asrkd decode` and scored with `asrkd wer --normalize` gives exactly
+    the dev WER/CER the trainer logged for that epoch (and picked best.pt by)."""
+    root, dev_m, exp, summary = trained_with_dev
+    best = summary["best"]
+    entry = summary["history"][best["epoch"] - 1]
+    assert 0.0 < entry["dev_cer"] < 50.0, summary["history"]  # it learnt: a comparison that can fail
+    scored = _decode_and_score(root, exp / "best.pt", dev_m)
+    assert scored["missing_hyp"] == 0 and scored["utterances"] == 6
+    assert (scored["wer"], scored["cer"]) == (entry["dev_wer"], entry["dev_cer"]) == (best["dev_wer"], best["dev_cer"])
+
+
+def test_rejected_dev_utterances_count_as_deletions(trained_with_dev):
+    """Dev utterances the dataset rejects (missing audio, characters outside the vocabulary)
+    are references without a hypothesis: all their words are deletions, as in `asrkd wer`."""
+    from asrkd.data import FeatureConfig, GlobalCMVN, load_tokenizer
+    from asrkd.train.build import Data, build_dev
+    from asrkd.train.loop import evaluate
+
+    root, dev_m, exp, summary = trained_with_dev
+    rows = [json.loads(x) for x in dev_m.read_text().splitlines()]
+    rows.append({**rows[0], "id": "dev-missing", "audio": str(root / "nowhere.wav")})
+    rows.append({**rows[1], "id": "dev-oov", "text": "abc 日本"})  # 日本: outside the vocabulary
+    bigger = root / "dev_rejects.jsonl"
+    bigger.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    model, state = load_model(exp / "best.pt")
+    cfg = load_checkpoint(exp / "best.pt")["config"]
+    cfg["data"]["dev"] = str(bigger)
+    data = Data([], load_tokenizer(state["tokenizer"]), FeatureConfig.from_dict(state["features"]),
+                GlobalCMVN.from_dict(state["cmvn"]), None)
+    dev = build_dev(cfg, data, model, log=lambda msg: None)
+    assert sorted(dev.refs) == sorted(r["id"] for r in rows)
+    res = evaluate(model, dev.loader, dev.refs, data.tokenizer, torch.device("cpu"), rejects=dev.rejects)
+    assert res["missing"] == 2 and res["utterances"] == 8
+    assert dev.rejects.counts() == {"missing_file": 1, "oov_chars": 1}
+    # what `asrkd wer` says when the two have no hypothesis line
+    expected = _decode_and_score(root, exp / "best.pt", bigger, drop=("dev-missing", "dev-oov"))
+    assert expected["missing_hyp"] == 2 and expected["deletions"] >= len(["abc", "日本"]) + len(rows[0]["text"].split())
+    assert (res["wer"], res["cer"]) == (expected["wer"], expected["cer"])
+    assert res["cer"] > summary["best"]["dev_cer"]  # the two are counted, not left out
+
+
 # ----------------------------------------------------------------------------- robustness
 
 
 def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
+    from asrkd.kd.loss import DistillationLoss
     from asrkd.train import loop as train_mod
 
     train_m = make_corpus(tmp_path, "train", 12, seed=0)
-    original = train_mod.DistillationLoss.forward
+    original = DistillationLoss.forward
     calls = {"n": 0}
 
     def nan_on_second_call(self, *args, **kwargs):
@@ -253,7 +327,7 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(train_mod.DistillationLoss, "forward", nan_on_second_call)
+    monkeypatch.setattr(DistillationLoss, "forward", nan_on_second_call)
     summary = train_mod.train(base_config(tmp_path / "a", train_m, train={"epochs": 1}))
     assert summary["nonfinite_skipped"] == 1
     assert summary["step"] >= 2 and math.isfinite(summary["history"][-1]["train_loss"])
@@ -263,7 +337,7 @@ def test_nonfinite_loss_skips_the_step_then_stops(tmp_path, monkeypatch):
         out.loss = out.loss + float("inf")
         return out
 
-    monkeypatch.setattr(train_mod.DistillationLoss, "forward", always_inf)
+    monkeypatch.setattr(DistillationLoss, "forward", always_inf)
     with pytest.raises(train_mod.TrainingError, match="3 optimizer steps in a row had a NaN/Inf"):
         train_mod.train(base_config(tmp_path / "b", train_m, train={"epochs": 1, "max_nonfinite": 3}))
 
@@ -342,6 +416,26 @@ def test_schedules():
     assert noam(99) == pytest.approx(1.0) and noam(399) == pytest.approx(0.5)
     const = LRSchedule("constant", warmup_steps=4, total_steps=10)
     assert [const(i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_time_budget_schedule(monkeypatch):
+    """teacher-adapt's --minutes: the schedule advances with the steps or the time used,
+    whichever is further, but no faster than one epoch (10 steps here) for all of it."""
+    from asrkd.train import schedule as schedule_mod
+
+    clock = {"now": 100.0}
+    monkeypatch.setattr(schedule_mod.time, "monotonic", lambda: clock["now"])
+    cos = LRSchedule("cosine", warmup_steps=0, total_steps=100, min_lr_ratio=0.0)
+    timed = schedule_mod.TimeBudget(cos, total_steps=100, deadline=110.0, min_steps=10)
+    assert timed(5) == cos(5)                     # no time used: the steps lead
+    clock["now"] = 101.0
+    assert timed(5) == cos(10) and timed(30) == cos(30)   # 10 % of the time: position 10 unless the steps are ahead
+    clock["now"] = 105.0
+    assert timed(2) == cos(20)                    # half the time, but only 2 of the first epoch's 10 steps
+    assert timed(8) == cos(50) and timed(60) == cos(60)
+    clock["now"] = 130.0                          # the time is spent
+    assert timed(5) == cos(50)                    # ... in the first epoch: it still gets the whole schedule
+    assert timed(10) == cos(100) == pytest.approx(0.0) and timed(12) == cos(120)
 
 
 @pytest.mark.parametrize("content", ["empty", "all_bad_audio", "all_malformed"])

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from test_train import base_config, make_corpus
 
 from asrkd.models.checkpoint import load_checkpoint
-from test_train import base_config, make_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

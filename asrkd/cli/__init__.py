@@ -1,8 +1,9 @@
-"""``asrkd`` command line: one sub-command per module.
+"""asrkd: distil a large pretrained acoustic teacher into a small streaming CTC student.
 
-Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
-``run(args) -> int``. Modules are imported only when their command runs, except for
-``asrkd -h``, which lists them all.
+The ``asrkd`` command line: one thin module per sub-command in this package, each defining
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int`` over one library
+function. Modules are imported only when their command runs, except for ``asrkd -h``, which
+lists them all.
 
 An error that escapes a command is printed as one ``error: ...`` line (exit code 1; usage
 errors exit 2); ``--debug`` or ``ASRKD_DEBUG=1`` shows the traceback instead. Commands that
@@ -20,9 +21,9 @@ import sys
 COMMANDS: dict[str, str] = {
     "prepare": "asrkd.cli.prepare",
     "synth": "asrkd.cli.synth",
-    "teacher-adapt": "asrkd.train.adapt",
-    "cache-teacher": "asrkd.kd.cache",
-    "train": "asrkd.train.loop",
+    "teacher-adapt": "asrkd.cli.teacher_adapt",
+    "cache-teacher": "asrkd.cli.cache_teacher",
+    "train": "asrkd.cli.train",
     "decode": "asrkd.cli.decode",
     "wer": "asrkd.cli.wer",
     "export": "asrkd.cli.export",

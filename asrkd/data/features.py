@@ -249,12 +249,22 @@ class FeaturePipeline(nn.Module):
         return feats.masked_fill(~valid[..., None], 0.0), feat_lengths
 
 
+def ctc_min_frames_batch(targets: torch.Tensor, target_lengths: torch.Tensor) -> torch.Tensor:
+    """Fewest output frames CTC needs for each padded label row ``targets (B, S)`` with
+    ``target_lengths (B,)``: one per label plus one blank between each pair of equal adjacent
+    labels. Computed on the targets' device (no host synchronisation in a training step)."""
+    target_lengths = target_lengths.to(targets.device)
+    S = targets.shape[1]
+    pos = torch.arange(1, max(S, 1), device=targets.device)
+    inside = pos[None, : max(S - 1, 0)] < target_lengths[:, None]
+    repeats = ((targets[:, 1:] == targets[:, :-1]) & inside).sum(1)
+    return target_lengths + repeats
+
+
 def ctc_min_frames(labels: Iterable[int]) -> int:
-    """Fewest output frames CTC needs for ``labels``: one per label plus one blank between
-    each pair of equal adjacent labels."""
-    labels = list(labels)
-    repeats = sum(1 for a, b in zip(labels, labels[1:]) if a == b)
-    return len(labels) + repeats
+    """:func:`ctc_min_frames_batch` of one label sequence."""
+    row = torch.tensor([list(labels)], dtype=torch.long).reshape(1, -1)
+    return int(ctc_min_frames_batch(row, torch.tensor([row.shape[1]]))[0])
 
 
 def frames_after_subsampling(num_samples: int, *, subsampling: int = 4, hop_ms: float = 10.0,
@@ -287,4 +297,4 @@ def speed_perturbation(factors=(0.9, 1.0, 1.1), sample_rate: int = SAMPLE_RATE):
 
 
 __all__ = ["FeatureConfig", "LogMel", "GlobalCMVN", "compute_cmvn", "SpecAugment", "FeaturePipeline",
-           "ctc_min_frames", "frames_after_subsampling", "fits_ctc", "speed_perturbation"]
+           "ctc_min_frames", "ctc_min_frames_batch", "frames_after_subsampling", "fits_ctc", "speed_perturbation"]

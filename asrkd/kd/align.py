@@ -1,71 +1,63 @@
 """Teacher -> student alignment for frame-level distillation.
 
-A teacher's CTC posteriors must be expressed in the student's vocabulary and on the
-student's frames before the KD loss can compare them:
+A teacher's CTC posteriors (a :class:`TeacherOutput`) must be expressed in the student's
+vocabulary and on the student's frames before the KD loss can compare them:
 
 - :class:`VocabMap`: teacher vocabulary V_t -> student vocabulary V_s. Teacher tokens that
   map to one student token have their probabilities summed (exact log-sum-exp per group);
   teacher tokens with no student counterpart are dropped and the rest renormalised.
-- :func:`resample_frames`: teacher frame rate -> student frame rate, any rational ratio,
-  by averaging teacher frame *probabilities* weighted by their time overlap with each
-  student frame; it also applies the streaming shift.
-- :func:`shift_frames`: the streaming shift alone (student frame t is trained towards
-  teacher frame t - k; the first k frames are masked out).
+- :func:`resample_frames` (dense) and :func:`resample_topk`: teacher frame rate -> student
+  frame rate, any rational ratio, by averaging teacher frame *probabilities* weighted by
+  their time overlap with each student frame; they also apply the streaming shift (student
+  frame t is trained towards teacher frame t - k; the first k frames are masked out).
+  :func:`shift_topk` is the shift alone for a top-k teacher at the student's rate.
 - :func:`blank_probability`, :func:`blank_probability_topk`, :func:`blank_weights`:
   per-frame KD weights from the teacher's blank posterior (blank-aware KD).
 
 Everything here works on teacher targets, which are constants: nothing is differentiated.
 Distributions are taken at temperature 1; the KD op tempers the aligned distribution.
+The argument checks shared with :class:`asrkd.kd.loss.DistillationLoss` live here too
+(:func:`check_blank_options`, :func:`check_shift`, :func:`check_choice`, :func:`check_lengths`,
+:func:`check_topk_pair`), so a setting is refused with the same words wherever it is given.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
-from typing import Mapping, Sequence
 
 import torch
 
+from asrkd.data.text import BLANK_CLASS, canonical_symbol, is_special
+from asrkd.ops.reference import topk_tail
+
 __all__ = [
-    "VocabMap",
     "BLANK_MODES",
-    "frame_ratio",
-    "resampled_lengths",
-    "resample_frames",
-    "resample_topk",
-    "shift_frames",
-    "align_to_student",
+    "RESAMPLE_METHODS",
+    "TeacherOutput",
+    "VocabMap",
     "blank_probability",
     "blank_probability_topk",
     "blank_weights",
+    "check_blank_options",
+    "check_choice",
+    "check_lengths",
+    "check_shift",
+    "check_topk_pair",
+    "frame_ratio",
+    "resample_frames",
+    "resample_topk",
+    "resampled_lengths",
+    "shift_topk",
 ]
 
 logger = logging.getLogger(__name__)
 
 BLANK_MODES = ("none", "threshold", "select")
-
-# Names a CTC blank goes by in common vocabularies (wav2vec2/HF use "<pad>"; "<s>" is never
-# emitted by a CTC head, and counting it as blank keeps its (tiny) mass in the distribution).
-_BLANK_NAMES = frozenset({"<blank>", "<pad>", "<s>", "<b>", "<eps>", "<epsilon>", "<ctc_blank>", "_"})
-_WORD_DELIMITERS = frozenset({"|", " ", "\u2581", "<space>", "<sp>"})  # "\u2581": SentencePiece's "▁"
-_APOSTROPHES = frozenset({"'", "\u2019", "\u2018", "\u02bc", "`", "\u00b4", "\u2032"})
-_BLANK_CLASS = "\x00blank"  # canonical key of every blank name; cannot collide with a real symbol
-
-
-def _canonical(symbol: str) -> str:
-    """The name a symbol is matched by across vocabularies."""
-    if symbol in _BLANK_NAMES or symbol.lower() in _BLANK_NAMES:
-        return _BLANK_CLASS
-    if symbol in _WORD_DELIMITERS or symbol.lower() in _WORD_DELIMITERS:
-        return " "
-    if symbol in _APOSTROPHES:
-        return "'"
-    return symbol.casefold()
-
-
-def _is_special(symbol: str) -> bool:
-    return len(symbol) > 2 and symbol.startswith("<") and symbol.endswith(">")
+RESAMPLE_METHODS = ("ctc", "average")
 
 
 def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -77,6 +69,93 @@ def _logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def _float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+# ---------------------------------------------------------------------------------------
+# Argument checks (one wording for the loss and the functions it calls)
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_blank_options(mode: str, threshold: float, weight: float) -> None:
+    """``blank_mode`` one of :data:`BLANK_MODES`; ``blank_threshold`` and ``blank_weight`` in [0, 1]."""
+    check_choice("blank_mode", mode, BLANK_MODES)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"blank_threshold must lie in [0, 1], got {threshold}")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blank_weight must lie in [0, 1], got {weight}")
+
+
+def check_shift(shift: int) -> None:
+    if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
+        raise ValueError(f"shift must be an int >= 0 (student frames), got {shift!r}")
+
+
+def check_lengths(name: str, lengths: torch.Tensor | None, batch: int, frames: int, device, *,
+                  none_means_all: bool = False) -> torch.Tensor:
+    """``lengths`` as int64 on ``device``, once checked: an integer tensor of shape (batch,) in
+    [0, frames]. With ``none_means_all``, None stands for ``frames`` everywhere."""
+    if lengths is None and none_means_all:
+        return torch.full((batch,), frames, dtype=torch.long, device=device)
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or lengths.shape != (batch,):
+        raise ValueError(f"{name} must be an integer tensor of shape ({batch},), got {lengths!r:.80}")
+    lengths = lengths.to(device=device, dtype=torch.long)
+    if batch and (int(lengths.min()) < 0 or int(lengths.max()) > frames):
+        raise ValueError(f"{name} must lie in [0, {frames}], got [{int(lengths.min())}, {int(lengths.max())}]")
+    return lengths
+
+
+def check_topk_pair(topk_idx: torch.Tensor, topk_logprob: torch.Tensor, *, name: str = "topk_idx and topk_logprob",
+                    batch: int | None = None) -> None:
+    """Both (B, T, K), with B = ``batch`` when given."""
+    if topk_idx.dim() != 3 or topk_logprob.shape != topk_idx.shape or batch not in (None, topk_idx.shape[0]):
+        raise ValueError(
+            f"{name} must both have shape ({'B' if batch is None else f'B={batch}'}, T, K), got "
+            f"{tuple(topk_idx.shape)} and {tuple(topk_logprob.shape)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Teacher outputs
+
+
+@dataclass(frozen=True)
+class TeacherOutput:
+    """A batch of teacher outputs in the teacher's vocabulary and on its frames: what
+    :class:`asrkd.kd.loss.DistillationLoss` aligns to the student (``forward(..., teacher=)``),
+    what :meth:`asrkd.kd.cache.TeacherCache.targets` returns.
+
+    Dense: ``logits`` (B, T_t, V_t), logits or log-probabilities in any float dtype (softmax
+    reads both alike: log-probabilities are normalised logits). Top-k: ``topk_idx`` (B, T_t, K)
+    teacher token ids and ``topk_logprob`` (B, T_t, K) their log-probabilities at temperature
+    1, the rest of the mass spread evenly (:func:`asrkd.ops.reference.topk_tail`).
+    ``lengths``: (B,) valid teacher frames; None: all T_t.
+    """
+
+    logits: torch.Tensor | None = None
+    topk_idx: torch.Tensor | None = None
+    topk_logprob: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if (self.topk_idx is None) != (self.topk_logprob is None):
+            raise ValueError("TeacherOutput: give topk_idx and topk_logprob together")
+        if (self.logits is None) == (self.topk_idx is None):
+            raise ValueError("TeacherOutput: give logits (dense) or topk_idx + topk_logprob (top-k), one of them")
+
+    @property
+    def kind(self) -> str:
+        """``"dense"`` or ``"topk"``."""
+        return "dense" if self.logits is not None else "topk"
+
+    def to(self, device: str | torch.device, *, non_blocking: bool = False) -> TeacherOutput:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return TeacherOutput(move(self.logits), move(self.topk_idx), move(self.topk_logprob), move(self.lengths))
 
 
 # ---------------------------------------------------------------------------------------
@@ -92,7 +171,8 @@ class VocabMap:
     conditioned on emitting a token the student knows. Student tokens no teacher token maps
     to get probability 0.
 
-    Build one with :meth:`from_vocabs` (by symbol name) or :meth:`identity`.
+    Build one with :meth:`from_vocabs` (by symbol name) or :meth:`identity`; apply it with
+    :meth:`map_logits` (dense teacher) or :meth:`map_topk` (top-k teacher).
 
     Args:
         index: (V_t,) student id of each teacher id, or -1 to drop it.
@@ -112,15 +192,7 @@ class VocabMap:
         unmapped: Sequence[str] = (),
     ):
         index = [int(i) for i in index]
-        if not index:
-            raise ValueError("VocabMap: the teacher vocabulary is empty")
-        if student_size < 1:
-            raise ValueError(f"VocabMap: student_size must be >= 1, got {student_size}")
-        bad = [i for i in index if not -1 <= i < student_size]
-        if bad:
-            raise ValueError(f"VocabMap: student ids must lie in [-1, {student_size}), got {bad[:5]}")
-        if all(i < 0 for i in index):
-            raise ValueError("VocabMap: every teacher token is dropped")
+        _check_index(index, student_size)
         self.teacher_size = len(index)
         self.student_size = int(student_size)
         self.teacher_vocab = list(teacher_vocab) if teacher_vocab is not None else [str(i) for i in range(len(index))]
@@ -163,11 +235,11 @@ class VocabMap:
         1. the teacher's blank (``teacher_blank_id``) -> the student blank;
         2. ``overrides[symbol]`` (a student symbol, or ``None`` to drop it);
         3. the same symbol in the student vocabulary;
-        4. blank names (``<blank> <pad> <s> <b> <eps> <epsilon> <ctc_blank> _``) -> the
-           student blank;
-        5. the same *canonical* name: word delimiters ``| ▁ <space> <sp>`` and ``" "`` are
-           one symbol; typographic apostrophes (’ ‘ ʼ ` ´ ′) are ``'``; case is folded;
-        6. otherwise the symbol is *unmapped* (e.g. ``<unk>``, ``</s>``, digits for a
+        4. the same *canonical* name (:func:`asrkd.data.text.canonical_symbol`): blank names
+           (``<blank> <pad> <s> <b> <eps> <epsilon> <ctc_blank> _``) are the student blank;
+           word delimiters ``| ▁ <space> <sp>`` and ``" "`` are one symbol (and ``▁`` in a
+           piece a space); typographic apostrophes (’ ‘ ʼ ` ´ ′) are ``'``; case is folded;
+        5. otherwise the symbol is *unmapped* (e.g. ``<unk>``, ``</s>``, digits for a
            student without digits).
 
         Unmapped symbols are dropped (``unmapped="drop"``: their mass is removed and the
@@ -182,55 +254,11 @@ class VocabMap:
         """
         teacher_vocab = [str(s) for s in teacher_vocab]
         student_vocab = [str(s) for s in student_vocab]
-        V_t, V_s = len(teacher_vocab), len(student_vocab)
-        if not 0 <= student_blank_id < V_s:
-            raise ValueError(f"student_blank_id {student_blank_id} outside the student vocabulary of {V_s}")
-        if teacher_blank_id is not None and not 0 <= teacher_blank_id < V_t:
-            raise ValueError(f"teacher_blank_id {teacher_blank_id} outside the teacher vocabulary of {V_t}")
-        overrides = dict(overrides or {})
-        exact: dict[str, int] = {}
-        canon: dict[str, int] = {_BLANK_CLASS: student_blank_id}
-        for i, sym in enumerate(student_vocab):
-            exact.setdefault(sym, i)
-            if i != student_blank_id and _canonical(sym) != _BLANK_CLASS:
-                canon.setdefault(_canonical(sym), i)
-        for sym, target in overrides.items():
-            if sym not in teacher_vocab:
-                raise ValueError(f"VocabMap override: {sym!r} is not a teacher symbol")
-            if target is not None and target not in exact:
-                raise ValueError(f"VocabMap override: {sym!r} -> {target!r}, which is not a student symbol")
-
-        index: list[int] = []
-        missing: list[str] = []
-        for i, sym in enumerate(teacher_vocab):
-            if i == teacher_blank_id:
-                index.append(student_blank_id)
-            elif sym in overrides:
-                target = overrides[sym]
-                index.append(-1 if target is None else exact[target])
-            elif sym in exact:
-                index.append(exact[sym])
-            elif _canonical(sym) in canon:
-                index.append(canon[_canonical(sym)])
-            else:
-                index.append(-1)
-                missing.append(sym)
-
-        ordinary = [s for s in teacher_vocab if not _is_special(s)]
-        bad = [s for s in missing if not _is_special(s)]
-        if ordinary and len(bad) > max_unmapped * len(ordinary):
-            pieces = [s for s in bad if len(s.lstrip("\u2581#")) > 1]
-            hint = (
-                f" {len(pieces)} of them are multi-character pieces: the teacher looks like a subword (BPE) "
-                "model, which a character student cannot be distilled from frame by frame"
-                if len(pieces) > len(bad) // 2 else ""
-            )
-            shown = ", ".join(repr(s) for s in bad[:20]) + (f", ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
-            raise ValueError(
-                f"no sensible vocabulary mapping: {len(bad)} of {len(ordinary)} teacher symbols have no student "
-                f"counterpart (limit {max_unmapped:.0%}): {shown}.{hint} Use a teacher with the student's "
-                "vocabulary, or pass overrides"
-            )
+        _check_blank_ids(teacher_blank_id, student_blank_id, len(teacher_vocab), len(student_vocab))
+        exact, canon = _student_names(student_vocab, student_blank_id)
+        overrides = _checked_overrides(overrides, teacher_vocab, exact)
+        index, missing = _match_by_name(teacher_vocab, teacher_blank_id, student_blank_id, overrides, exact, canon)
+        _refuse_poor_match(teacher_vocab, missing, max_unmapped)
         if student_blank_id not in index:
             raise ValueError(
                 "no teacher symbol maps to the student blank; give teacher_blank_id (the teacher's CTC blank) "
@@ -240,7 +268,8 @@ class VocabMap:
             if unmapped not in exact:
                 raise ValueError(f"unmapped={unmapped!r} is neither 'drop' nor a student symbol")
             index = [exact[unmapped] if i < 0 and teacher_vocab[t] in missing else i for t, i in enumerate(index)]
-        vm = cls(index, V_s, teacher_vocab=teacher_vocab, student_vocab=student_vocab, unmapped=missing)
+        vm = cls(index, len(student_vocab), teacher_vocab=teacher_vocab, student_vocab=student_vocab,
+                 unmapped=missing)
         if not vm.is_identity:
             logger.info("teacher -> student vocabulary: %s", vm.describe())
         return vm
@@ -338,40 +367,21 @@ class VocabMap:
             per frame (int64), slots past a frame's merged entries hold other student ids
             with the even tail share, so the top-k op sees exactly the distribution above.
         """
-        if topk_idx.dim() != 3 or topk_logprob.shape != topk_idx.shape:
-            raise ValueError(
-                f"topk_idx and topk_logprob must both have shape (B, T, K), got {tuple(topk_idx.shape)} "
-                f"and {tuple(topk_logprob.shape)}"
-            )
+        check_topk_pair(topk_idx, topk_logprob)
         idx = topk_idx.long()
         lp = _float(topk_logprob)
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.teacher_size):
             raise ValueError(f"topk_idx must lie in [0, V_t={self.teacher_size})")
         if self.is_identity:
             return idx, lp
-        B, T, K = idx.shape
-        V_t, V_s = self.teacher_size, self.student_size
+        V_s = self.student_size
         c = self._on(idx.device)
         sid = c["index"][idx]
         dropped = sid < 0
         sid = sid.masked_fill(dropped, V_s)  # dropped entries sort last, into the sentinel group
         p = lp.exp()
-        n_unstored = V_t - K
-        tail = (1.0 - p.sum(-1)).clamp_min(0.0)
-        per_tail = tail / n_unstored if n_unstored > 0 else torch.zeros_like(tail)
-
-        sid_sorted, order = sid.sort(dim=-1)
-        lp_sorted = lp.gather(-1, order)
-        new = torch.ones_like(sid_sorted, dtype=torch.bool)
-        new[..., 1:] = sid_sorted[..., 1:] != sid_sorted[..., :-1]
-        gid = new.long().cumsum(-1) - 1  # group slot of each sorted entry
-        gmax = lp.new_full((B, T, K), float("-inf")).scatter_reduce_(-1, gid, lp_sorted, "amax")
-        gmax = torch.where(torch.isfinite(gmax), gmax, torch.zeros((), dtype=lp.dtype, device=lp.device))
-        gsum = torch.zeros_like(lp).scatter_add_(-1, gid, (lp_sorted - gmax.gather(-1, gid)).exp())
-        gmass = gsum * gmax.exp()  # group probability (for the bookkeeping below)
-        glog = gsum.log() + gmax
-        gsid = torch.full_like(sid, V_s).scatter_(-1, gid, sid_sorted)
-        stored_in_group = torch.zeros_like(lp).scatter_add_(-1, gid, torch.ones_like(lp))
+        per_tail = topk_tail(p, self.teacher_size)
+        gsid, glog, gmass, stored_in_group = _merge_by_student_id(sid, lp, V_s)
         real = gsid < V_s
         # The tail's share of each merged symbol: its unstored teacher group mates.
         mates = (c["group_size"][gsid].to(lp.dtype) - stored_in_group).clamp_min(0.0) * real
@@ -386,30 +396,144 @@ class VocabMap:
         merged_mass = (gmass * real).sum(-1)
         rest = (z - merged_mass).clamp_min(0.0) / z
         glog = glog - z.log()[..., None]
+        return _fill_topk_slots(gsid, glog, real, rest, min(idx.shape[-1], V_s), V_s)
 
-        k_out = min(K, V_s)
-        n_real = real.sum(-1, keepdim=True)  # (B, T, 1) merged symbols per frame
-        slot = torch.arange(k_out, device=idx.device)
-        # Filler slot m (m = 0, 1, ...) gets the m-th student id not among the merged ones.
-        free = torch.ones(B, T, V_s + 1, dtype=torch.bool, device=idx.device).scatter_(-1, gsid, False)[..., :V_s]
-        rank = free.long().cumsum(-1) - 1
-        dest = torch.where(free & (rank < k_out), rank, k_out)  # slot k_out: a bin for the rest
-        ids = torch.arange(V_s, device=idx.device).expand(B, T, V_s)
-        free_ids = torch.zeros(B, T, k_out + 1, dtype=torch.long, device=idx.device).scatter_(-1, dest, ids)
-        fill_ids = free_ids.gather(-1, (slot - n_real).clamp_min(0))
-        n_free = (V_s - n_real).clamp_min(1).to(lp.dtype)
-        fill_lp = (rest[..., None] / n_free).log().expand(B, T, k_out)
-        is_real = slot < n_real
-        out_idx = torch.where(is_real, gsid[..., :k_out], fill_ids)
-        out_lp = torch.where(is_real, glog[..., :k_out], fill_lp)
-        return out_idx, out_lp
+
+def _check_index(index: Sequence[int], student_size: int) -> None:
+    if not index:
+        raise ValueError("VocabMap: the teacher vocabulary is empty")
+    if student_size < 1:
+        raise ValueError(f"VocabMap: student_size must be >= 1, got {student_size}")
+    bad = [i for i in index if not -1 <= i < student_size]
+    if bad:
+        raise ValueError(f"VocabMap: student ids must lie in [-1, {student_size}), got {bad[:5]}")
+    if all(i < 0 for i in index):
+        raise ValueError("VocabMap: every teacher token is dropped")
+
+
+def _check_blank_ids(teacher_blank_id: int | None, student_blank_id: int, V_t: int, V_s: int) -> None:
+    if not 0 <= student_blank_id < V_s:
+        raise ValueError(f"student_blank_id {student_blank_id} outside the student vocabulary of {V_s}")
+    if teacher_blank_id is not None and not 0 <= teacher_blank_id < V_t:
+        raise ValueError(f"teacher_blank_id {teacher_blank_id} outside the teacher vocabulary of {V_t}")
+
+
+def _student_names(student_vocab: Sequence[str], blank_id: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Student id of each symbol (the first of repeats), and of each canonical name; every blank
+    name is the student blank."""
+    exact: dict[str, int] = {}
+    canon: dict[str, int] = {BLANK_CLASS: blank_id}
+    for i, sym in enumerate(student_vocab):
+        exact.setdefault(sym, i)
+        if i != blank_id and canonical_symbol(sym) != BLANK_CLASS:
+            canon.setdefault(canonical_symbol(sym), i)
+    return exact, canon
+
+
+def _checked_overrides(overrides: Mapping[str, str | None] | None, teacher_vocab: Sequence[str],
+                       exact: Mapping[str, int]) -> dict[str, str | None]:
+    overrides = dict(overrides or {})
+    for sym, target in overrides.items():
+        if sym not in teacher_vocab:
+            raise ValueError(f"VocabMap override: {sym!r} is not a teacher symbol")
+        if target is not None and target not in exact:
+            raise ValueError(f"VocabMap override: {sym!r} -> {target!r}, which is not a student symbol")
+    return overrides
+
+
+def _match_by_name(teacher_vocab: Sequence[str], teacher_blank_id: int | None, student_blank_id: int,
+                   overrides: Mapping[str, str | None], exact: Mapping[str, int],
+                   canon: Mapping[str, int]) -> tuple[list[int], list[str]]:
+    """The rules of :meth:`VocabMap.from_vocabs`: each teacher symbol's student id (-1: none),
+    and the unmapped symbols."""
+    index: list[int] = []
+    missing: list[str] = []
+    for i, sym in enumerate(teacher_vocab):
+        if i == teacher_blank_id:
+            index.append(student_blank_id)
+        elif sym in overrides:
+            target = overrides[sym]
+            index.append(-1 if target is None else exact[target])
+        elif sym in exact:
+            index.append(exact[sym])
+        elif canonical_symbol(sym) in canon:
+            index.append(canon[canonical_symbol(sym)])
+        else:
+            index.append(-1)
+            missing.append(sym)
+    return index, missing
+
+
+def _refuse_poor_match(teacher_vocab: Sequence[str], missing: Sequence[str], max_unmapped: float) -> None:
+    """ValueError naming the unmapped symbols when more than ``max_unmapped`` of the teacher's
+    ordinary (non-``<...>``) symbols have no counterpart, saying so when they look like subwords."""
+    ordinary = [s for s in teacher_vocab if not is_special(s)]
+    bad = [s for s in missing if not is_special(s)]
+    if not ordinary or len(bad) <= max_unmapped * len(ordinary):
+        return
+    pieces = [s for s in bad if len(s.lstrip("\u2581#")) > 1]
+    hint = (
+        f" {len(pieces)} of them are multi-character pieces: the teacher looks like a subword (BPE) "
+        "model, which a character student cannot be distilled from frame by frame"
+        if len(pieces) > len(bad) // 2 else ""
+    )
+    shown = ", ".join(repr(s) for s in bad[:20]) + (f", ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
+    raise ValueError(
+        f"no sensible vocabulary mapping: {len(bad)} of {len(ordinary)} teacher symbols have no student "
+        f"counterpart (limit {max_unmapped:.0%}): {shown}.{hint} Use a teacher with the student's "
+        "vocabulary, or pass overrides"
+    )
+
+
+def _merge_by_student_id(sid: torch.Tensor, lp: torch.Tensor, V_s: int):
+    """Stored top-k entries grouped by student id: sorted, so each frame's groups fill slots
+    0, 1, ... (the dropped sentinel V_s last). Returns per slot the student id (V_s past the
+    groups), the group's log-probability (a log-sum-exp less its own maximum, exact far below
+    the frame maximum), its probability, and how many stored entries it holds."""
+    sid_sorted, order = sid.sort(dim=-1)
+    lp_sorted = lp.gather(-1, order)
+    new = torch.ones_like(sid_sorted, dtype=torch.bool)
+    new[..., 1:] = sid_sorted[..., 1:] != sid_sorted[..., :-1]
+    gid = new.long().cumsum(-1) - 1  # group slot of each sorted entry
+    gmax = lp.new_full(lp.shape, float("-inf")).scatter_reduce_(-1, gid, lp_sorted, "amax")
+    gmax = torch.where(torch.isfinite(gmax), gmax, torch.zeros((), dtype=lp.dtype, device=lp.device))
+    gsum = torch.zeros_like(lp).scatter_add_(-1, gid, (lp_sorted - gmax.gather(-1, gid)).exp())
+    gmass = gsum * gmax.exp()
+    glog = gsum.log() + gmax
+    gsid = torch.full_like(sid, V_s).scatter_(-1, gid, sid_sorted)
+    stored_in_group = torch.zeros_like(lp).scatter_add_(-1, gid, torch.ones_like(lp))
+    return gsid, glog, gmass, stored_in_group
+
+
+def _fill_topk_slots(gsid: torch.Tensor, glog: torch.Tensor, real: torch.Tensor, rest: torch.Tensor, k_out: int,
+                     V_s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k_out output slots of each frame: its merged symbols (``real`` slots of ``gsid``,
+    ``glog``) first, then student ids not among them, each with an even share of ``rest``
+    (the probability left), so the top-k op's tail sees the same distribution."""
+    B, T, _ = gsid.shape
+    device = gsid.device
+    n_real = real.sum(-1, keepdim=True)  # (B, T, 1) merged symbols per frame
+    slot = torch.arange(k_out, device=device)
+    # Filler slot m (m = 0, 1, ...) gets the m-th student id not among the merged ones.
+    free = torch.ones(B, T, V_s + 1, dtype=torch.bool, device=device).scatter_(-1, gsid, False)[..., :V_s]
+    rank = free.long().cumsum(-1) - 1
+    dest = torch.where(free & (rank < k_out), rank, k_out)  # slot k_out: a bin for the rest
+    ids = torch.arange(V_s, device=device).expand(B, T, V_s)
+    free_ids = torch.zeros(B, T, k_out + 1, dtype=torch.long, device=device).scatter_(-1, dest, ids)
+    fill_ids = free_ids.gather(-1, (slot - n_real).clamp_min(0))
+    n_free = (V_s - n_real).clamp_min(1).to(glog.dtype)
+    fill_lp = (rest[..., None] / n_free).log().expand(B, T, k_out)
+    is_real = slot < n_real
+    out_idx = torch.where(is_real, gsid[..., :k_out], fill_ids)
+    out_lp = torch.where(is_real, glog[..., :k_out], fill_lp)
+    return out_idx, out_lp
 
 
 # ---------------------------------------------------------------------------------------
 # Frame-rate resampling and the streaming shift
 
 
-def _as_fraction(rate: float | int | Fraction, name: str) -> Fraction:
+def _as_fraction(rate: float | Fraction, name: str) -> Fraction:
     if isinstance(rate, bool) or not isinstance(rate, (int, float, Fraction)):
         raise TypeError(f"{name} must be a number, got {type(rate).__name__}")
     if not math.isfinite(float(rate)) or float(rate) <= 0:
@@ -454,15 +578,11 @@ def _frame_plan(num_out: int, ratio: Fraction, shift: int, device) -> tuple[torc
     return idx, overlap
 
 
-def _source_lengths(lengths: torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
-    if lengths is None:
-        return torch.full((B,), T, dtype=torch.long, device=device)
-    lengths = lengths.to(device=device, dtype=torch.long)
-    if lengths.shape != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), got {tuple(lengths.shape)}")
-    if B and (int(lengths.min()) < 0 or int(lengths.max()) > T):
-        raise ValueError(f"lengths must lie in [0, T={T}], got [{int(lengths.min())}, {int(lengths.max())}]")
-    return lengths
+def _clamp_to_valid(idx: torch.Tensor, lengths: torch.Tensor, T_in: int) -> torch.Tensor:
+    """Source frame ids (..., 1 or B, num_out) clamped to a valid frame of each utterance
+    (-> (..., B, num_out)): padded source frames may hold anything (even NaN), and a weight of
+    0 times NaN is still NaN, so they are never read."""
+    return torch.minimum(idx.clamp_min(0), (lengths - 1).clamp_min(0)[:, None]).clamp_max(max(T_in - 1, 0))
 
 
 def _per_utterance_plan(lengths, T_in, num_out, ratio, shift, device):
@@ -475,16 +595,11 @@ def _per_utterance_plan(lengths, T_in, num_out, ratio, shift, device):
     norm = weight.sum(0)  # (B, num_out): covered fraction of each target frame
     valid = norm > 0
     weight = weight / torch.where(valid, norm, torch.ones_like(norm))
-    # Clamp to a valid frame of the utterance: padded source frames may hold anything (even
-    # NaN), and a weight of 0 times NaN is still NaN.
-    src = torch.minimum(idx[:, None, :].clamp_min(0), (lengths - 1).clamp_min(0)[None, :, None])
-    src = src.clamp_max(max(T_in - 1, 0))
-    return src, weight, valid, norm
+    return _clamp_to_valid(idx[:, None, :], lengths, T_in), weight, valid, norm
 
 
 def _check_frames(num_frames, shift, T_in, ratio):
-    if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
-        raise ValueError(f"shift must be an int >= 0 (student frames), got {shift!r}")
+    check_shift(shift)
     if num_frames is None:
         return -(-T_in * ratio.denominator // ratio.numerator)
     if not isinstance(num_frames, int) or num_frames < 0:
@@ -492,12 +607,8 @@ def _check_frames(num_frames, shift, T_in, ratio):
     return num_frames
 
 
-RESAMPLE_METHODS = ("ctc", "average")
-
-
 def _check_method(method: str, blank_id: int | None) -> None:
-    if method not in RESAMPLE_METHODS:
-        raise ValueError(f"method must be one of {RESAMPLE_METHODS}, got {method!r}")
+    check_choice("method", method, RESAMPLE_METHODS)
     if method == "ctc" and blank_id is None:
         raise ValueError('method="ctc" needs the blank_id of the distributions')
 
@@ -552,12 +663,17 @@ def resample_frames(
     capped at 1, and blank takes the rest (see :func:`_keep_spikes_`). Raising the rate is
     the same for both methods.
 
-    With ``shift = k`` output frame j takes the source time of frame j - k (the teacher
-    is delayed by k output frames, see :func:`shift_frames`).
+    With ``shift = k`` output frame j takes the source time of frame j - k: the teacher is
+    delayed by k output frames. Why this direction: a streaming student sees little or no
+    future audio, so it emits a token later than a full-context teacher, which fires as soon
+    as (or before) the sound ends. Training student frame t towards teacher frame t - k lets
+    the student wait k frames instead of being asked to predict the future. The first k
+    frames have no target (``valid`` False: give them weight 0); the last k source frames
+    fall off the end.
 
     Args:
         logprobs: (B, T_in, V) log-probabilities, or logits (normalised here; any float dtype).
-        lengths: (B,) valid source frames; None: all T_in.
+        lengths: (B,) valid source frames (integers); None: all T_in.
         from_rate, to_rate: frames per second of the source and the output (any positive
             numbers; floats are read as fractions with denominators up to 10 000).
         num_frames: output length; default ``ceil(T_in · to_rate / from_rate)``. Longer
@@ -576,7 +692,7 @@ def resample_frames(
     ratio = frame_ratio(from_rate, to_rate)
     _check_method(method, blank_id)
     num_out = _check_frames(num_frames, shift, T_in, ratio)
-    lengths = _source_lengths(lengths, B, T_in, logprobs.device)
+    lengths = check_lengths("lengths", lengths, B, T_in, logprobs.device, none_means_all=True)
     x = _float(logprobs)
     out = x.new_zeros(B, num_out, V)
     if T_in == 0 or num_out == 0:
@@ -607,32 +723,29 @@ def resample_topk(
     method: str = "average",
     blank_id: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`resample_frames` (``method`` and ``blank_id`` included) for a top-k teacher: each source frame is the top-k
-    distribution (tail spread evenly, as in :func:`asrkd.ops.kd_kl_div_topk`), and the
-    average is built directly as dense (B, num_frames, vocab_size) log-probabilities (the
-    union of several frames' top-k sets is not a top-k set). No dense source frame is
-    materialised: each band step adds the even tail and scatters the k stored values.
+    """:func:`resample_frames` (``method`` and ``blank_id`` included) for a top-k teacher: each
+    source frame is the top-k distribution (tail spread evenly, as in
+    :func:`asrkd.ops.kd_kl_div_topk`), and the average is built directly as dense
+    (B, num_frames, vocab_size) log-probabilities (the union of several frames' top-k sets is
+    not a top-k set). No dense source frame is materialised: each band step adds the even
+    tail and scatters the k stored values.
 
     Returns ``(out, valid)`` as :func:`resample_frames`.
     """
-    if topk_idx.dim() != 3 or topk_logprob.shape != topk_idx.shape:
-        raise ValueError(
-            f"topk_idx and topk_logprob must both have shape (B, T, K), got {tuple(topk_idx.shape)} and "
-            f"{tuple(topk_logprob.shape)}"
-        )
+    check_topk_pair(topk_idx, topk_logprob)
     B, T_in, K = topk_idx.shape
     if K > vocab_size:
         raise ValueError(f"top-k of K={K} entries exceeds vocab_size={vocab_size}")
     ratio = frame_ratio(from_rate, to_rate)
     _check_method(method, blank_id)
     num_out = _check_frames(num_frames, shift, T_in, ratio)
-    lengths = _source_lengths(lengths, B, T_in, topk_idx.device)
+    lengths = check_lengths("lengths", lengths, B, T_in, topk_idx.device, none_means_all=True)
     lp = _float(topk_logprob)
     out = lp.new_zeros(B, num_out, vocab_size)
     if T_in == 0 or num_out == 0:
         return out, torch.zeros(B, num_out, dtype=torch.bool, device=lp.device)
     p = lp.exp()
-    tail = (1.0 - p.sum(-1)).clamp_min(0.0) / (vocab_size - K) if vocab_size > K else torch.zeros_like(p[..., 0])
+    tail = topk_tail(p, vocab_size)
     idx = topk_idx.long()
     src, weight, valid, covered = _per_utterance_plan(lengths, T_in, num_out, ratio, shift, lp.device)
     weight = weight.to(lp.dtype)
@@ -649,65 +762,28 @@ def resample_topk(
     return out.log_().masked_fill_(~valid[..., None], -math.log(vocab_size)), valid
 
 
-def shift_frames(
-    logprobs: torch.Tensor, shift: int, lengths: torch.Tensor | None = None
+@torch.no_grad()
+def shift_topk(
+    topk_idx: torch.Tensor, topk_logprob: torch.Tensor, lengths: torch.Tensor, *, num_frames: int, shift: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Delay per-frame targets by ``shift`` frames: ``out[:, t] = x[:, t - shift]``.
-
-    Why this direction: a streaming student sees little or no future audio, so it emits a
-    token later than a full-context teacher, which fires as soon as (or before) the sound
-    ends. Training student frame t towards teacher frame t - k lets the student wait k
-    frames instead of being asked to predict the future. The first ``shift`` frames have no
-    target and are masked (``valid`` False: give them weight 0); the last ``shift`` source
-    frames fall off the end (the length stays T).
+    """A top-k teacher on the frames of a student with its frame rate: output frame j holds
+    source frame j - ``shift`` (the streaming delay of :func:`resample_frames`), cut or padded
+    to ``num_frames``. A gather of the k entries, no dense frame; output frames outside
+    ``[shift, shift + lengths)`` repeat a valid frame, for the caller to mask.
 
     Args:
-        logprobs: (B, T, V) log-probabilities or logits.
-        shift: k >= 0.
-        lengths: (B,) valid frames of the input; None: all.
+        topk_idx, topk_logprob: (B, T_in, K).
+        lengths: (B,) valid source frames.
 
     Returns:
-        ``(out, valid)`` as :func:`resample_frames` with equal rates: (B, T, V) float32
-        log-probabilities and the (B, T) mask ``shift <= t < shift + lengths``.
+        ``(idx, logprob)`` of shape (B, num_frames, K).
     """
-    return resample_frames(logprobs, lengths, from_rate=1, to_rate=1, shift=shift)
-
-
-def align_to_student(
-    teacher_logprobs: torch.Tensor,
-    teacher_lengths: torch.Tensor | None,
-    student_lengths: torch.Tensor,
-    num_frames: int,
-    *,
-    teacher_rate: float,
-    student_rate: float,
-    shift: int = 0,
-    method: str = "average",
-    blank_id: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Put a (vocabulary-mapped) teacher on the student's frames (``method``: see
-    :func:`resample_frames`).
-
-    Resamples to ``student_rate`` with the streaming shift, cuts or pads to the student's
-    ``num_frames`` (T_s) and masks what the KD loss must not use.
-
-    Args:
-        teacher_logprobs: (B, T_t, V) log-probabilities or logits in the student's vocabulary.
-        teacher_lengths: (B,) valid teacher frames (None: all).
-        student_lengths: (B,) the student's ``out_lengths``.
-        num_frames: T_s, the student's padded output length.
-
-    Returns:
-        ``(aligned, mask)``: (B, T_s, V) float32 log-probabilities and the (B, T_s) bool mask
-        of frames with a teacher target inside the student's length: ``shift <= j <
-        min(student_lengths, shift + resampled_lengths(teacher_lengths))``.
-    """
-    aligned, valid = resample_frames(
-        teacher_logprobs, teacher_lengths, from_rate=teacher_rate, to_rate=student_rate,
-        num_frames=num_frames, shift=shift, method=method, blank_id=blank_id,
-    )
-    inside = torch.arange(num_frames, device=valid.device)[None, :] < student_lengths.to(valid.device)[:, None]
-    return aligned, valid & inside
+    B, T_in, K = topk_idx.shape
+    if shift == 0 and T_in >= num_frames:
+        return topk_idx[:, :num_frames], topk_logprob[:, :num_frames]
+    src = (torch.arange(num_frames, device=topk_idx.device) - shift)[None, :]
+    src = _clamp_to_valid(src, lengths.to(topk_idx.device), T_in)[..., None].expand(B, num_frames, K)
+    return topk_idx.gather(1, src), topk_logprob.gather(1, src)
 
 
 # ---------------------------------------------------------------------------------------
@@ -726,12 +802,9 @@ def blank_probability_topk(
     topk_idx: torch.Tensor, topk_logprob: torch.Tensor, blank_id: int, vocab_size: int
 ) -> torch.Tensor:
     """Blank probability of a top-k teacher: its stored value, or the even tail share."""
-    lp = _float(topk_logprob)
-    p = lp.exp()
+    p = _float(topk_logprob).exp()
     hit = topk_idx.long() == blank_id
-    K = topk_idx.shape[-1]
-    tail = (1.0 - p.sum(-1)).clamp_min(0.0) / (vocab_size - K) if vocab_size > K else torch.zeros_like(p[..., 0])
-    return torch.where(hit.any(-1), (p * hit).sum(-1), tail)
+    return torch.where(hit.any(-1), (p * hit).sum(-1), topk_tail(p, vocab_size))
 
 
 @torch.no_grad()
@@ -767,12 +840,7 @@ def blank_weights(
     Returns:
         (B, T) float32 weights, 0 outside ``mask``.
     """
-    if mode not in BLANK_MODES:
-        raise ValueError(f"blank_mode must be one of {BLANK_MODES}, got {mode!r}")
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"blank_threshold must lie in [0, 1], got {threshold}")
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"blank_weight must lie in [0, 1], got {weight}")
+    check_blank_options(mode, threshold, weight)
     if blank_prob.dim() != 2:
         raise ValueError(f"blank_prob must have shape (B, T), got {tuple(blank_prob.shape)}")
     B, T = blank_prob.shape

@@ -58,20 +58,20 @@ use such a cache.
 
 **Bad audio** (missing, unreadable, truncated, empty, NaN) is skipped and counted, as are
 clips shorter than the teacher accepts (``too_short``; :func:`teacher_min_samples`: 320
-samples for Whisper's front-end) and utterances the teacher gives no frames or non-finite
+samples for Whisper's front-end, what a log-mel student's front-end needs) and utterances the teacher gives no frames or non-finite
 outputs for; the index keeps the records, the command prints the summary, and the trainer
 counts them again as its own rejects.
 
-Library side (``docs/internals.md``)::
+Library side (``docs/internals.md``; the command is :mod:`asrkd.cli.cache_teacher` over
+:func:`cache_teacher`)::
 
     cache = TeacherCache.open("exp/mini/cache")
     cache.check_entries(train_utts, rejects)      # CacheKeyError when an entry changed
-    targets = collate_teacher([cache.get(i) for i in batch["ids"]])
+    teacher = cache.targets(batch["ids"], device)  # a TeacherOutput: DistillationLoss(..., teacher=teacher)
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -79,6 +79,7 @@ import os
 import pickle
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,16 +87,19 @@ from typing import Any
 
 import torch
 
-from asrkd.atomic import atomic_write, refuse_overwrite, remove_stale_temporaries
+from asrkd.atomic import atomic_write, remove_stale_temporaries
+from asrkd.data.audio import SAMPLE_RATE
 from asrkd.data.sampler import duration_batches
+from asrkd.kd.align import TeacherOutput
 from asrkd.models.checkpoint import weights_hash
-
-HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or top-k) for training"
 
 FORMAT = "asrkd-teacher-cache-v1"
 INDEX = "index.json"
 SHARD_PATTERN = "shard-{:05d}.pt"
 _SHARD_NAME = re.compile(r"shard-(\d{5,})\.pt")
+# The tensors of a shard by cache kind (besides ids, frames and offsets). "logits" holds the dense
+# log-probabilities: the name is the format's (v1), kept so that existing caches open.
+_SHARD_TENSORS = {"dense": ("logits",), "topk": ("topk_idx", "topk_logprob")}
 
 
 class CacheKeyError(ValueError):
@@ -144,7 +148,7 @@ def entry_fingerprint(utt) -> dict[str, Any]:
             "duration": round(float(utt.duration), 4), "size": size, "mtime_ns": mtime}
 
 
-def cache_settings(kind: str, topk: int | None, sample_rate: int = 16000) -> dict[str, Any]:
+def cache_settings(kind: str, topk: int | None, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
     """The settings that change what is stored (part of every key)."""
     if kind not in ("dense", "topk"):
         raise ValueError(f"cache kind must be 'dense' or 'topk', got {kind!r}")
@@ -194,20 +198,28 @@ def _describe_teacher_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> st
 class TeacherTargets:
     """One utterance's cached teacher outputs.
 
-    ``kind`` ``"dense"``: ``logits`` (T_t, V_t) fp16 log-probabilities. ``kind`` ``"topk"``:
+    ``kind`` ``"dense"``: ``log_probs`` (T_t, V_t) fp16 log-probabilities. ``kind`` ``"topk"``:
     ``topk_idx`` (T_t, K) int16/int32 and ``topk_logprob`` (T_t, K) fp16.
     """
 
     kind: str
     frames: int
-    logits: torch.Tensor | None = None
+    log_probs: torch.Tensor | None = None
     topk_idx: torch.Tensor | None = None
     topk_logprob: torch.Tensor | None = None
 
+    @property
+    def logits(self) -> torch.Tensor | None:
+        """Deprecated name of :attr:`log_probs` (what the cache stores are log-probabilities)."""
+        warnings.warn("TeacherTargets.logits is deprecated: use TeacherTargets.log_probs", DeprecationWarning,
+                      stacklevel=2)
+        return self.log_probs
+
 
 def collate_teacher(items: Sequence[TeacherTargets]) -> dict[str, torch.Tensor]:
-    """Pad per-utterance targets into a batch: ``logits`` (B, T_t, V_t) or ``topk_idx`` +
-    ``topk_logprob`` (B, T_t, K), and ``lengths`` (B,) int64.
+    """Pad per-utterance targets into a batch: ``logits`` (B, T_t, V_t) (the log-probabilities)
+    or ``topk_idx`` + ``topk_logprob`` (B, T_t, K), and ``lengths`` (B,) int64. A
+    :class:`~asrkd.kd.align.TeacherOutput` of the same: :meth:`TeacherCache.targets`.
 
     Padded frames hold a valid distribution (uniform over distinct ids ``0..K-1`` for top-k,
     zeros for dense), so checks on the whole tensor pass; the lengths mask them out."""
@@ -219,10 +231,10 @@ def collate_teacher(items: Sequence[TeacherTargets]) -> dict[str, torch.Tensor]:
     lengths = torch.tensor([t.frames for t in items], dtype=torch.long)
     T = int(lengths.max())
     if items[0].kind == "dense":
-        V = items[0].logits.shape[1]
-        out = torch.zeros(len(items), T, V, dtype=items[0].logits.dtype)
+        V = items[0].log_probs.shape[1]
+        out = torch.zeros(len(items), T, V, dtype=items[0].log_probs.dtype)
         for b, t in enumerate(items):
-            out[b, : t.frames] = t.logits
+            out[b, : t.frames] = t.log_probs
         return {"logits": out, "lengths": lengths}
     K = items[0].topk_idx.shape[1]
     idx = torch.arange(K, dtype=items[0].topk_idx.dtype).expand(len(items), T, K).clone()
@@ -287,17 +299,26 @@ class TeacherCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def targets(self, ids: Sequence[str], device: str | torch.device = "cpu") -> TeacherOutput:
+        """The cached teacher outputs of a batch of these ids, padded (:func:`collate_teacher`),
+        on ``device``: what :class:`asrkd.kd.loss.DistillationLoss` takes as ``teacher=``."""
+        batch = collate_teacher([self.get(i) for i in ids])
+        return TeacherOutput(logits=batch.get("logits"), topk_idx=batch.get("topk_idx"),
+                             topk_logprob=batch.get("topk_logprob"),
+                             lengths=batch["lengths"]).to(device, non_blocking=True)
+
     def loss_inputs(self, ids: Sequence[str], device: str | torch.device = "cpu") -> dict[str, Any]:
-        """The teacher keyword arguments of :class:`asrkd.kd.loss.DistillationLoss` for a
-        batch of these ids: ``teacher_logits`` (dense) or ``teacher_topk`` (top-k), and
-        ``teacher_lengths``, on ``device``."""
-        tt = collate_teacher([self.get(i) for i in ids])
-        out: dict[str, Any] = {"teacher_lengths": tt["lengths"].to(device)}
-        if self.kind == "dense":
-            out["teacher_logits"] = tt["logits"].to(device, non_blocking=True)
+        """Deprecated: ``DistillationLoss(..., teacher=cache.targets(ids, device))``. The same
+        outputs as the separate teacher keyword arguments of ``DistillationLoss``:
+        ``teacher_logits`` (dense) or ``teacher_topk`` (top-k), and ``teacher_lengths``."""
+        warnings.warn("TeacherCache.loss_inputs is deprecated: pass teacher=cache.targets(ids, device) to "
+                      "DistillationLoss", DeprecationWarning, stacklevel=2)
+        t = self.targets(ids, device)
+        out: dict[str, Any] = {"teacher_lengths": t.lengths}
+        if t.kind == "dense":
+            out["teacher_logits"] = t.logits
         else:
-            out["teacher_topk"] = (tt["topk_idx"].to(device, non_blocking=True),
-                                   tt["topk_logprob"].to(device, non_blocking=True))
+            out["teacher_topk"] = (t.topk_idx, t.topk_logprob)
         return out
 
     def __contains__(self, utt_id: str) -> bool:
@@ -325,7 +346,7 @@ class TeacherCache:
         i = shard["pos"][utt_id]
         a, b = int(shard["offsets"][i]), int(shard["offsets"][i + 1])
         if self.kind == "dense":
-            return TeacherTargets("dense", b - a, logits=shard["logits"][a:b])
+            return TeacherTargets("dense", b - a, log_probs=shard["logits"][a:b])
         return TeacherTargets("topk", b - a, topk_idx=shard["topk_idx"][a:b], topk_logprob=shard["topk_logprob"][a:b])
 
     # -- checks ---------------------------------------------------------------------------
@@ -375,7 +396,7 @@ class TeacherCache:
 
 
 # --------------------------------------------------------------------------------------
-# Writing
+# The index: parsed and checked
 
 
 def _parse_index(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -664,7 +685,7 @@ def _layout_problem(shard: Any, planned: Sequence[str], index: Mapping[str, Any]
     """Why a loaded shard is not the one the plan and the index describe (None when it is): a
     copy of another shard passes a stale hash check but not this."""
     kind, vocab_size = index["settings"]["kind"], len(index["teacher"]["vocab"])
-    names = ("logits",) if kind == "dense" else ("topk_idx", "topk_logprob")
+    names = _SHARD_TENSORS[kind]
     if not isinstance(shard, dict) or any(k not in shard for k in ("ids", "frames", "offsets", *names)):
         return "is not a teacher cache shard of this kind"
     if list(shard["ids"]) != list(planned):
@@ -678,7 +699,7 @@ def _layout_problem(shard: Any, planned: Sequence[str], index: Mapping[str, Any]
         return f"holds {[shard[k].shape[0] for k in names]} frames, the offsets say {int(offsets[-1])}"
     width = vocab_size if kind == "dense" else index["settings"]["topk"]
     dtypes = {"logits": torch.float16, "topk_logprob": torch.float16,
-              "topk_idx": torch.int16 if vocab_size <= 32767 else torch.int32}
+              "topk_idx": _index_dtype(vocab_size)}
     for k in names if int(offsets[-1]) else ():
         t = shard[k]
         if t.dtype != dtypes[k] or t.dim() != 2 or t.shape[1] != width:
@@ -735,38 +756,35 @@ def _open_index(directory: Path) -> dict[str, Any]:
     return index
 
 
-class _ShardBuffer:
-    """Outputs of one shard, gathered until all its utterances are in."""
-
-    def __init__(self, number: int, ids: Sequence[str]):
-        self.number = number
-        self.ids = list(ids)
-        self.outputs: dict[str, dict[str, torch.Tensor]] = {}
-        self.rejected: list[dict[str, str]] = []
-
-    @property
-    def finished(self) -> bool:
-        return len(self.outputs) + len(self.rejected) == len(self.ids)
-
-    def tensors(self, kind: str) -> dict[str, Any]:
-        ids = [u for u in self.ids if u in self.outputs]
-        frames = [int(next(iter(self.outputs[u].values())).shape[0]) for u in ids]
-        offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
-        offsets[1:] = torch.tensor(frames, dtype=torch.long).cumsum(0)
-        out: dict[str, Any] = {"format": FORMAT, "ids": ids, "frames": frames, "offsets": offsets}
-        names = ("logits",) if kind == "dense" else ("topk_idx", "topk_logprob")
-        for name in names:
-            out[name] = torch.cat([self.outputs[u][name] for u in ids]) if ids else torch.zeros(0)
-        return out
+# --------------------------------------------------------------------------------------
+# Writing
 
 
-def _convert(logits: torch.Tensor, kind: str, topk: int | None, index_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """(T, V) teacher logits -> what one utterance stores."""
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    if kind == "dense":
-        return {"logits": logprobs.half()}
-    values, idx = logprobs.topk(min(topk, logprobs.shape[-1]), dim=-1)
-    return {"topk_idx": idx.to(index_dtype), "topk_logprob": values.half()}
+def cache_teacher(teacher_spec: str, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  topk: int | None = None, shard_size: int = 1000, batch_seconds: float = 200.0,
+                  num_workers: int = 2, device: str | torch.device = "cpu", force: bool = False,
+                  progress: bool = True, log: Callable[[str], None] = print):
+    """What ``asrkd cache-teacher`` runs: load the manifest and the teacher
+    (``asrkd.models.teachers.load_teacher(teacher_spec)``), write or finish the cache in
+    ``out_dir`` (:func:`build_cache`) and return the :class:`~asrkd.data.Rejects` of every
+    utterance left out, the manifest's bad entries and those the teacher never gave outputs for.
+    Raises ``ValueError`` for a manifest without a usable utterance and :class:`CacheKeyError` as
+    :func:`build_cache`."""
+    from asrkd.data import Rejects, load_manifest
+    from asrkd.models.teachers import load_teacher
+
+    rejects = Rejects()
+    utts = load_manifest(manifest, rejects)
+    if not utts:
+        raise ValueError(f"no usable utterances in {manifest}\n{rejects.summary()}")
+    teacher = load_teacher(teacher_spec)
+    index = build_cache(teacher, utts, out_dir, topk=topk, shard_size=shard_size, batch_seconds=batch_seconds,
+                        num_workers=num_workers, device=device, manifest_path=os.path.abspath(manifest),
+                        force=force, progress=progress, log=log)
+    for s in index["shards"]:
+        for r in s["rejected"]:
+            rejects.add(r["id"], r["kind"], r["reason"])
+    return rejects
 
 
 def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, topk: int | None = None,
@@ -786,15 +804,12 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     Returns the index (dict). Raises :class:`CacheKeyError` when ``out_dir`` holds a cache
     of another teacher, other settings or another manifest (unless ``force``).
     """
-    from asrkd.data import ASRDataset, Rejects, build_dataloader
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     kind = "topk" if topk else "dense"
-    vocab_size = len(teacher.vocab)
-    if topk and topk > vocab_size:
-        raise ValueError(f"--topk {topk} exceeds the teacher's vocabulary of {vocab_size}")
-    settings = cache_settings(kind, topk, int(getattr(teacher, "sample_rate", 16000)))
+    if topk and topk > len(teacher.vocab):
+        raise ValueError(f"--topk {topk} exceeds the teacher's vocabulary of {len(teacher.vocab)}")
+    settings = cache_settings(kind, topk, int(getattr(teacher, "sample_rate", SAMPLE_RATE)))
     ids = [u.id for u in utterances]
     if len(set(ids)) != len(ids):
         raise ValueError("the manifest repeats utterance ids; load it with asrkd.data.load_manifest")
@@ -803,21 +818,48 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     fps = [entry_fingerprint(u) for u in utterances]
     manifest = {"path": str(manifest_path), "count": len(fps), "hash": _manifest_hash(fps)}
     key = _overall_key(tfp["hash"], settings, manifest["hash"])
-
-    fp_by_id = {fp["id"]: fp for fp in fps}
     index = _existing_index(out, key, tfp, settings, fps, manifest["hash"], force, log)
     if index is None:
-        shard_size = max(1, int(shard_size))
-        shards = [{"file": SHARD_PATTERN.format(n), "ids": ids_n, "done": False, "rejected": []}
-                  for n, ids_n in enumerate(_plan(ids, shard_size))]
-        index = {"format": FORMAT, "key": key, "teacher": tfp, "settings": settings, "manifest": manifest,
-                 "shard_size": shard_size, "shards": shards, "entries": {}, "complete": not shards,
-                 "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-        _write_index(out, index)
+        index = _new_index(out, key, tfp, settings, manifest, ids, max(1, int(shard_size)))
     remove_stale_temporaries(out)  # left by a kill during a shard or index write
 
-    # An index that disagrees with the manifest or itself, then shards missing, truncated, altered,
-    # swapped, unhashed or unlike the index: those shards are redone, the rest kept.
+    fp_by_id = {fp["id"]: fp for fp in fps}
+    todo = _shards_to_compute(out, index, ids, fp_by_id, log)
+    if not todo:
+        log(f"teacher cache {out} is complete ({len(index['entries'])} utterances); nothing to do")
+        return index
+    if len(todo) < len(index["shards"]):
+        log(f"resuming the teacher cache in {out}: {len(index['shards']) - len(todo)} of {len(index['shards'])} "
+            "shards done")
+    by_id = {u.id: u for u in utterances}
+    pending = [by_id[u] for n in todo for u in index["shards"][n]["ids"]]
+    teacher_pass = _TeacherPass(teacher, out, index, todo, pending, fp_by_id, device)
+    teacher_pass.run(_teacher_loader(pending, todo, index, batch_seconds, num_workers), progress)
+    index["complete"] = all(s["done"] for s in index["shards"])
+    _write_index(out, index)
+    n_rej = sum(len(s["rejected"]) for s in index["shards"])
+    log(f"cached {len(index['entries'])} utterances ({kind}{'' if kind == 'dense' else f', k={topk}'}) "
+        f"from {len(pending)} pending in {time.time() - t0:.1f} s into {out}; {n_rej} rejected")
+    return index
+
+
+def _new_index(out: Path, key: str, tfp: Mapping[str, Any], settings: Mapping[str, Any],
+               manifest: Mapping[str, Any], ids: Sequence[str], shard_size: int) -> dict[str, Any]:
+    """A fresh index (every shard to do), written."""
+    shards = [{"file": SHARD_PATTERN.format(n), "ids": ids_n, "done": False, "rejected": []}
+              for n, ids_n in enumerate(_plan(ids, shard_size))]
+    index = {"format": FORMAT, "key": key, "teacher": tfp, "settings": settings, "manifest": manifest,
+             "shard_size": shard_size, "shards": shards, "entries": {}, "complete": not shards,
+             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    _write_index(out, index)
+    return index
+
+
+def _shards_to_compute(out: Path, index: dict[str, Any], ids: Sequence[str],
+                       fp_by_id: Mapping[str, Mapping[str, Any]], log: Callable[[str], None]) -> list[int]:
+    """The shards to (re)compute, in order: those not done, and those whose index records
+    disagree with the manifest or the index itself, then those missing, truncated, altered,
+    swapped, unhashed or unlike the index (said); the rest are kept."""
     plan = _plan(ids, index["shard_size"])
     _, bad = _shard_index_problems(index, plan, fp_by_id)
     for n in bad:
@@ -828,21 +870,16 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
         log(f"recomputing {_describe_bad(index, bad).replace(' fail verification', ' that fail verification')}")
     for n in bad:
         _forget_shard(index, n, plan[n])
-    todo = [n for n, s in enumerate(index["shards"]) if not s["done"]]
-    done_shards = len(index["shards"]) - len(todo)
-    if not todo:
-        log(f"teacher cache {out} is complete ({len(index['entries'])} utterances); nothing to do")
-        return index
-    if done_shards:
-        log(f"resuming the teacher cache in {out}: {done_shards} of {len(index['shards'])} shards done")
+    return [n for n, s in enumerate(index["shards"]) if not s["done"]]
 
-    by_id = {u.id: u for u in utterances}
-    pending = [by_id[u] for n in todo for u in index["shards"][n]["ids"]]
-    shard_of = {u: n for n in todo for u in index["shards"][n]["ids"]}
-    rejects = Rejects()
-    dataset = ASRDataset(pending, tokenizer=None, features=None, rejects=rejects)
-    # Batches never straddle shards, and shards come in order: each one is written as
-    # soon as its last batch is done.
+
+def _teacher_loader(pending: Sequence, todo: Sequence[int], index: Mapping[str, Any], batch_seconds: float,
+                    num_workers: int):
+    """Batches of the pending utterances' audio. Batches never straddle shards, and shards come
+    in order: each one is written as soon as its last batch is done."""
+    from asrkd.data import ASRDataset, Rejects, build_dataloader
+
+    dataset = ASRDataset(pending, tokenizer=None, features=None, rejects=Rejects())
     batches: list[list[int]] = []
     start = 0
     for n in todo:
@@ -850,82 +887,153 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
         durations = [pending[start + i].duration for i in range(count)]
         batches += [[start + i for i in b] for b in duration_batches(durations, batch_seconds)]
         start += count
-    loader = build_dataloader(dataset, batches, num_workers=num_workers)
-    buffers = {n: _ShardBuffer(n, index["shards"][n]["ids"]) for n in todo}
-    index_dtype = torch.int16 if vocab_size <= 32767 else torch.int32
-    min_samples = teacher_min_samples(teacher)
-    device = torch.device(device)
-    teacher = teacher.to(device)
-    t_run = time.time()
-    audio_seconds = 0.0
+    return build_dataloader(dataset, batches, num_workers=num_workers)
 
-    from tqdm import tqdm
 
-    bar = tqdm(total=len(pending), unit="utt", desc="teacher", disable=not progress, dynamic_ncols=True)
-    try:
-        for batch in loader:
-            for r in batch["rejected"]:
-                buffers[shard_of[r.id]].rejected.append({"id": r.id, "kind": r.kind, "reason": r.reason})
-                bar.update(1)
-            keep, short = _split_too_short(batch, min_samples, settings["sample_rate"])
-            for r in short:
-                buffers[shard_of[r["id"]]].rejected.append(r)
-                audio_seconds += by_id[r["id"]].duration
-                bar.update(1)
-            if keep:
-                waves, lengths, ids_kept = batch["waves"], batch["wave_lengths"], batch["ids"]
-                if short:  # no copy in the usual case
-                    lengths, ids_kept = lengths[keep], [ids_kept[b] for b in keep]
-                    waves = waves[keep, : int(lengths.max())]
-                waves = waves.to(device)
-                try:
-                    logits, out_lengths = teacher(waves, lengths.to(device))
-                except Exception as err:
-                    raise RuntimeError(f"teacher {tfp['spec']!r} failed on utterances {ids_kept}: {err}") from err
-                logits, out_lengths = logits.float().cpu(), out_lengths.cpu()
-                for b, uid in enumerate(ids_kept):
-                    buf = buffers[shard_of[uid]]
-                    frames = int(out_lengths[b])
-                    item = logits[b, :frames]
-                    if frames <= 0:
-                        buf.rejected.append({"id": uid, "kind": "too_short",
-                                             "reason": f"{uid}: the teacher gives no output frames for "
-                                                       f"{by_id[uid].duration:.3f} s"})
-                    elif not torch.isfinite(item).all():
-                        buf.rejected.append({"id": uid, "kind": "unsupported",
-                                             "reason": f"{uid}: the teacher's outputs are not finite"})
-                    else:
-                        buf.outputs[uid] = _convert(item, kind, topk, index_dtype)
-                    audio_seconds += by_id[uid].duration
-                    bar.update(1)
-            elapsed = time.time() - t_run
-            bar.set_postfix_str(f"{audio_seconds / max(elapsed, 1e-9):.0f}x real time", refresh=False)
-            for n in [n for n, buf in buffers.items() if buf.finished]:
-                _finish_shard(out, index, buffers.pop(n), kind, settings, tfp["hash"], fp_by_id)
-    finally:
-        bar.close()
-    index["complete"] = all(s["done"] for s in index["shards"])
-    _write_index(out, index)
-    n_rej = sum(len(s["rejected"]) for s in index["shards"])
-    log(f"cached {len(index['entries'])} utterances ({kind}{'' if kind == 'dense' else f', k={topk}'}) "
-        f"from {len(pending)} pending in {time.time() - t0:.1f} s into {out}; {n_rej} rejected")
-    return index
+class _ShardBuffer:
+    """Outputs of one shard, gathered until all its utterances are in."""
+
+    def __init__(self, number: int, ids: Sequence[str]):
+        self.number = number
+        self.ids = list(ids)
+        self.outputs: dict[str, dict[str, torch.Tensor]] = {}
+        self.rejected: list[dict[str, str]] = []
+
+    @property
+    def finished(self) -> bool:
+        return len(self.outputs) + len(self.rejected) == len(self.ids)
+
+    def tensors(self, kind: str) -> dict[str, Any]:
+        ids = [u for u in self.ids if u in self.outputs]
+        frames = [int(next(iter(self.outputs[u].values())).shape[0]) for u in ids]
+        offsets = torch.zeros(len(ids) + 1, dtype=torch.long)
+        offsets[1:] = torch.tensor(frames, dtype=torch.long).cumsum(0)
+        out: dict[str, Any] = {"format": FORMAT, "ids": ids, "frames": frames, "offsets": offsets}
+        for name in _SHARD_TENSORS[kind]:
+            out[name] = torch.cat([self.outputs[u][name] for u in ids]) if ids else torch.zeros(0)
+        return out
+
+
+class _TeacherPass:
+    """One pass of the teacher over the shards to compute: outputs (or reject records) are
+    gathered per shard, and each shard is written, with the index, once its last utterance is in."""
+
+    def __init__(self, teacher, out: Path, index: dict[str, Any], todo: Sequence[int], pending: Sequence,
+                 fp_by_id: Mapping[str, Mapping[str, Any]], device: str | torch.device):
+        self.out, self.index = out, index
+        self.pending, self.by_id = pending, {u.id: u for u in pending}
+        self.settings = index["settings"]
+        self.kind, self.topk = self.settings["kind"], self.settings["topk"]
+        self.teacher_spec, self.teacher_hash = index["teacher"]["spec"], index["teacher"]["hash"]
+        self.fp_by_id = fp_by_id
+        self.buffers = {n: _ShardBuffer(n, index["shards"][n]["ids"]) for n in todo}
+        self.shard_of = {u: n for n in todo for u in index["shards"][n]["ids"]}
+        self.index_dtype = _index_dtype(len(teacher.vocab))
+        self.min_samples = teacher_min_samples(teacher)
+        self.device = torch.device(device)
+        self.teacher = teacher.to(self.device)
+        self.audio_seconds = 0.0
+        self.bar = None
+
+    def run(self, loader: Iterable, progress: bool) -> None:
+        from tqdm import tqdm
+
+        t_run = time.time()
+        self.bar = tqdm(total=len(self.pending), unit="utt", desc="teacher", disable=not progress, dynamic_ncols=True)
+        try:
+            for batch in loader:
+                self._add_batch(batch)
+                elapsed = time.time() - t_run
+                self.bar.set_postfix_str(f"{self.audio_seconds / max(elapsed, 1e-9):.0f}x real time", refresh=False)
+                for n in [n for n, buf in self.buffers.items() if buf.finished]:
+                    self._finish_shard(self.buffers.pop(n))
+        finally:
+            self.bar.close()
+
+    def _reject(self, record: dict[str, str], *, heard: bool = True) -> None:
+        self.buffers[self.shard_of[record["id"]]].rejected.append(record)
+        self._count(record["id"], heard)
+
+    def _keep(self, uid: str, outputs: dict[str, torch.Tensor]) -> None:
+        self.buffers[self.shard_of[uid]].outputs[uid] = outputs
+        self._count(uid, heard=True)
+
+    def _count(self, uid: str, heard: bool) -> None:
+        if heard:  # the speed shown is of the audio the teacher was given, not of files that failed to load
+            self.audio_seconds += self.by_id[uid].duration
+        self.bar.update(1)
+
+    def _add_batch(self, batch: Mapping[str, Any]) -> None:
+        for r in batch["rejected"]:
+            self._reject({"id": r.id, "kind": r.kind, "reason": r.reason}, heard=False)
+        keep, short = _split_too_short(batch, self.min_samples, self.settings["sample_rate"])
+        for r in short:
+            self._reject(r)
+        if not keep:
+            return
+        waves, lengths, ids = batch["waves"], batch["wave_lengths"], batch["ids"]
+        if short:  # no copy in the usual case
+            lengths, ids = lengths[keep], [ids[b] for b in keep]
+            waves = waves[keep, : int(lengths.max())]
+        waves = waves.to(self.device)
+        try:
+            logits, out_lengths = self.teacher(waves, lengths.to(self.device))
+        except Exception as err:
+            raise RuntimeError(f"teacher {self.teacher_spec!r} failed on utterances {ids}: {err}") from err
+        logits, out_lengths = logits.float().cpu(), out_lengths.cpu()
+        for b, uid in enumerate(ids):
+            frames = int(out_lengths[b])
+            item = logits[b, :frames]
+            if frames <= 0:
+                why = f"{uid}: the teacher gives no output frames for {self.by_id[uid].duration:.3f} s"
+                self._reject({"id": uid, "kind": "too_short", "reason": why})
+            elif not torch.isfinite(item).all():
+                why = f"{uid}: the teacher's outputs are not finite"
+                self._reject({"id": uid, "kind": "unsupported", "reason": why})
+            else:
+                self._keep(uid, _convert(item, self.kind, self.topk, self.index_dtype))
+
+    def _finish_shard(self, buf: _ShardBuffer) -> None:
+        """Write the shard, hashing the bytes as they go, then the index recording it done."""
+        data = buf.tensors(self.kind)
+        writers: list[_HashingWriter] = []
+
+        def write(f) -> None:
+            writers.append(_HashingWriter(f))
+            torch.save(data, writers[-1])
+
+        atomic_write(self.out / SHARD_PATTERN.format(buf.number), write)
+        index = self.index
+        for uid, frames in zip(data["ids"], data["frames"]):
+            fp = self.fp_by_id[uid]
+            index["entries"][uid] = {"shard": buf.number, "frames": frames,
+                                     "key": cache_key(self.teacher_hash, fp, self.settings), "entry": fp}
+        written = writers[-1]
+        index["shards"][buf.number].update(done=True, rejected=buf.rejected, size=written.size,
+                                           sha256=written.sha256.hexdigest())
+        index["complete"] = all(s["done"] for s in index["shards"])
+        _write_index(self.out, index)
+
+
+def _index_dtype(vocab_size: int) -> torch.dtype:
+    """Top-k token ids: int16 while the vocabulary fits, else int32."""
+    return torch.int16 if vocab_size <= 32767 else torch.int32
+
+
+def _convert(logits: torch.Tensor, kind: str, topk: int | None, index_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """(T, V) teacher logits -> what one utterance stores."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if kind == "dense":
+        return {"logits": logprobs.half()}
+    values, idx = logprobs.topk(min(topk, logprobs.shape[-1]), dim=-1)
+    return {"topk_idx": idx.to(index_dtype), "topk_logprob": values.half()}
 
 
 def teacher_min_samples(teacher) -> int:
-    """Fewest samples one utterance must have for ``teacher``: its (or its model's) ``min_samples``
-    when declared; else 320 (two 10 ms hops, 20 ms) when it has Whisper's log-mel front-end,
-    which refuses fewer than two STFT frames (and conv2's stride 2 then gives one output frame);
-    else 1 (asrkd log-mel models give such a clip 0 frames, rejected after the run)."""
-    for module in (teacher, getattr(teacher, "model", None)):
-        declared = getattr(module, "min_samples", None)
-        if declared:
-            return int(declared)
-    from asrkd.models.teachers.whisper import HOP_LENGTH, WhisperLogMel
-
-    if isinstance(teacher, torch.nn.Module) and any(isinstance(m, WhisperLogMel) for m in teacher.modules()):
-        return 2 * HOP_LENGTH
-    return 1
+    """Fewest samples one utterance must have for ``teacher``: its ``min_samples``
+    (:attr:`asrkd.models.acoustic.AcousticModel.min_samples`: what the network declares, e.g.
+    320 for Whisper's front-end, or what a log-mel front-end needs), else 1."""
+    return int(getattr(teacher, "min_samples", None) or 1)
 
 
 def _split_too_short(batch: Mapping[str, Any], min_samples: int, sample_rate: int) -> tuple[list[int], list[dict]]:
@@ -984,28 +1092,6 @@ def _existing_index(out: Path, key: str, tfp: Mapping[str, Any], settings: Mappi
     return None
 
 
-def _finish_shard(out: Path, index: dict[str, Any], buf: _ShardBuffer, kind: str, settings: Mapping[str, Any],
-                  teacher_hash: str, fp_by_id: Mapping[str, Mapping[str, Any]]) -> None:
-    data = buf.tensors(kind)
-    path = out / SHARD_PATTERN.format(buf.number)
-    writers: list[_HashingWriter] = []
-
-    def write(f) -> None:
-        writers.append(_HashingWriter(f))
-        torch.save(data, writers[-1])
-
-    atomic_write(path, write)
-    for uid, frames in zip(data["ids"], data["frames"]):
-        fp = fp_by_id[uid]
-        index["entries"][uid] = {"shard": buf.number, "frames": frames, "key": cache_key(teacher_hash, fp, settings),
-                                 "entry": fp}
-    written = writers[-1]
-    index["shards"][buf.number].update(done=True, rejected=buf.rejected, size=written.size,
-                                       sha256=written.sha256.hexdigest())
-    index["complete"] = all(s["done"] for s in index["shards"])
-    _write_index(out, index)
-
-
 def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping[str, Any],
              fps: Sequence[Mapping[str, Any]]) -> str:
     """Which part of an existing cache's key differs from the new one."""
@@ -1039,58 +1125,6 @@ def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping
     return "; ".join(parts) or "the key differs"
 
 
-# --------------------------------------------------------------------------------------
-# CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher spec (see `asrkd.models.teachers.load_teacher`), "
-                                                   "e.g. asrkd:exp/mini/teacher.pt")
-    p.add_argument("--manifest", required=True, help="manifest JSONL whose utterances are run through the teacher")
-    p.add_argument("--out", required=True, help="cache folder (index.json + shard-*.pt)")
-    p.add_argument("--topk", type=int, default=0, help="store the top-K log-probabilities per frame "
-                                                      "(default 0: dense log-probabilities)")
-    p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard (default 1000)")
-    p.add_argument("--batch-seconds", type=float, default=200.0,
-                   help="padded audio seconds per teacher batch (default 200)")
-    p.add_argument("--num-workers", type=int, default=2, help="audio-loading worker processes (default 2)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--force", action="store_true", help="replace a cache whose key does not match")
-    p.add_argument("--report", help="write rejected utterances as JSON lines to this file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-    from asrkd.data import Rejects, load_manifest
-    from asrkd.models.teachers import load_teacher, spec_file
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out)
-    refuse_overwrite({"--report": args.report, "--out index": out / INDEX},
-                     {"--manifest": args.manifest, "--teacher": spec_file(args.teacher)})
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a cache folder: writing there would replace it")
-    rejects = Rejects()
-    utts = load_manifest(args.manifest, rejects)
-    if not utts:
-        raise ValueError(f"no usable utterances in {args.manifest}\n{rejects.summary()}")
-    teacher = load_teacher(args.teacher)
-    index = build_cache(teacher, utts, args.out, topk=args.topk or None, shard_size=args.shard_size,
-                        batch_seconds=args.batch_seconds, num_workers=args.num_workers, device=device,
-                        manifest_path=os.path.abspath(args.manifest), force=args.force,
-                        progress=not args.quiet)  # a key mismatch (CacheKeyError): one line from asrkd.cli
-    for s in index["shards"]:
-        for r in s["rejected"]:
-            rejects.add(r["id"], r["kind"], r["reason"])
-    print(rejects.summary())
-    if args.report:
-        rejects.write_report(args.report)
-        print(f"report: {args.report}")
-    return 0
-
-
 __all__ = ["CacheIntegrityError", "CacheKeyError", "TeacherCache", "TeacherTargets", "build_cache", "cache_key",
-           "cache_settings", "collate_teacher", "entry_fingerprint", "teacher_fingerprint", "teacher_min_samples"]
+           "cache_settings", "cache_teacher", "collate_teacher", "entry_fingerprint", "teacher_fingerprint",
+           "teacher_min_samples"]

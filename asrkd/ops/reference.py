@@ -18,7 +18,7 @@ import torch
 
 from asrkd.ops._validate import check_dense, check_topk, reduce_frames, valid_mask
 
-__all__ = ["kd_kl_div", "kd_kl_div_topk", "topk_to_dense_logprobs"]
+__all__ = ["kd_kl_div", "kd_kl_div_topk", "topk_tail", "topk_to_dense_logprobs"]
 
 
 def _compute_dtype(student: torch.Tensor) -> torch.dtype:
@@ -90,24 +90,41 @@ def _dense_per_frame(student, teacher, lengths, weights, temperature):
     return per_frame, mask
 
 
+def topk_tail(topk_prob: torch.Tensor, vocab_size: int, *, log: bool = False) -> torch.Tensor:
+    """The probability of each token a top-k teacher does not store: the missing mass
+    ``1 - Σ p`` (clamped at 0: rounding can overshoot) spread evenly over the ``V - k`` other
+    tokens, the maximum-entropy completion the top-k op assumes. 0 when k = V (no tail).
+
+    ``log=True`` gives its logarithm, computed as the kernels do (``log(mass) - log(V - k)``,
+    ``-inf`` for no mass or k = V).
+
+    Args:
+        topk_prob: (..., k) the stored probabilities (``exp`` of the top-k log-probabilities).
+        vocab_size: V.
+
+    Returns:
+        (...) the share of one unstored token, in ``topk_prob``'s dtype.
+    """
+    n_tail = vocab_size - topk_prob.shape[-1]
+    mass = (1.0 - topk_prob.sum(-1)).clamp_min(0.0)
+    if not log:
+        return mass / n_tail if n_tail > 0 else torch.zeros_like(mass)
+    if n_tail <= 0:
+        return torch.full_like(mass, float("-inf"))
+    return torch.log(mass) - torch.log(torch.tensor(float(n_tail), dtype=mass.dtype))
+
+
 def topk_to_dense_logprobs(topk_idx: torch.Tensor, topk_logprob: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Expand a top-k teacher to full log-probabilities (the semantics of the top-k op).
 
     The teacher distribution at temperature 1 is taken to be the k stored log-probabilities
-    plus the missing tail mass ``1 - Σ exp(topk_logprob)`` spread evenly over the other
-    ``V - k`` tokens (the maximum-entropy completion). With k = V there is no tail and the
-    result equals the dense teacher. A tail mass ≤ 0 (rounding) gives the tail -inf.
+    plus the missing tail mass spread evenly over the other ``V - k`` tokens
+    (:func:`topk_tail`). With k = V there is no tail and the result equals the dense
+    teacher. A tail mass ≤ 0 (rounding) gives the tail -inf.
     """
-    k = topk_idx.shape[-1]
     lp = topk_logprob.to(torch.float64 if topk_logprob.dtype == torch.float64 else torch.float32)
-    out_shape = (*topk_idx.shape[:-1], vocab_size)
-    if k == vocab_size:
-        tail = torch.full(topk_idx.shape[:-1], float("-inf"), dtype=lp.dtype, device=lp.device)
-    else:
-        mass = lp.exp().sum(-1)
-        rest = (1.0 - mass).clamp_min(0.0)
-        tail = torch.log(rest) - torch.log(torch.tensor(float(vocab_size - k), dtype=lp.dtype))
-    dense = tail[..., None].expand(out_shape).clone()
+    tail = topk_tail(lp.exp(), vocab_size, log=True)
+    dense = tail[..., None].expand((*topk_idx.shape[:-1], vocab_size)).clone()
     dense.scatter_(-1, topk_idx.long(), lp)
     return dense
 

@@ -1,10 +1,16 @@
-"""``asrkd teacher-adapt``: transfer a Whisper encoder to character CTC on a manifest.
+"""Teacher adaptation (``asrkd teacher-adapt``): a Whisper encoder transferred to character
+CTC on a manifest, trained by the students' loop.
 
-The encoder stays frozen except, optionally, its top ``--unfreeze-blocks`` blocks, so the
-frozen part runs once per utterance: its outputs are computed once, kept in memory (fp16),
-and the CTC head (+ top blocks) trains on them for many epochs. On 2 CPU cores Whisper
-tiny.en encodes ~60-80x faster than real time, so 1.5 h of audio costs ~1.5 min once, and
-each later epoch costs only the head.
+The model is a :class:`~asrkd.models.teachers.whisper.WhisperCTC` whose encoder is frozen
+except, optionally, its top ``unfreeze_blocks`` blocks (and the final LayerNorm). The frozen
+part does not change, so it runs once per utterance (:func:`encode`): its outputs are kept in
+memory (fp16) and are the "features" of the training batches, and the trainable top
+(:class:`TopOfWhisper`: top blocks + final LayerNorm + CTC head) is what
+:func:`asrkd.train.loop.fit` trains, with the students' step (NaN/Inf skips, clipping, AdamW
+without decay on biases and norms), cosine schedule, batch sampler, SpecAugment time masks
+(on the cached outputs), dev scoring and best-dev-CER selection. On 2 CPU cores Whisper
+tiny.en encodes ~60-80x faster than real time, so 1.5 h of audio costs ~1.5 min once, and each
+epoch costs only the trainable top.
 
 Result: an asrkd checkpoint (``arch="whisper_ctc"``, full encoder + head, the tokenizer),
 loaded with ``load_teacher("asrkd:teacher.pt")`` or ``asrkd.models.checkpoint.load_model``.
@@ -12,339 +18,83 @@ loaded with ``load_teacher("asrkd:teacher.pt")`` or ``asrkd.models.checkpoint.lo
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from asrkd.data import (
+    ASRDataset,
+    CharTokenizer,
+    DurationBatchSampler,
+    Rejects,
+    SpecAugment,
+    build_dataloader,
+    filter_by_duration,
+    load_manifest,
+    load_tokenizer,
+)
+from asrkd.data.audio import SAMPLE_RATE
 from asrkd.data.sampler import duration_batches
-
-HELP = "train a CTC head (optionally the top encoder blocks) on a Whisper teacher: the mini recipe's teacher"
+from asrkd.kd.loss import DistillationLoss
+from asrkd.train.build import build_optimizer
+from asrkd.train.distributed import DistInfo
+from asrkd.train.run import DevSet, Log, LoopConfig, Objective, Run
+from asrkd.train.schedule import LRSchedule, TimeBudget
+from asrkd.train.state import SeededItems
 
 MAX_SECONDS = 30.0  # Whisper's window: longer utterances are skipped (and counted) here
 MIN_SECONDS = 0.025
+WARMUP = 0.05       # of the schedule: linear warm-up, then cosine decay
+MIN_LR_RATIO = 0.01
+CLIP_GRAD_NORM = 5.0
+BETAS = (0.9, 0.999)  # AdamW's defaults
 
 
-# --------------------------------------------------------------------------- data
-def read_manifest(path: str | Path, rejects) -> tuple[list, int]:
-    """Labelled utterances of a manifest (bad lines go to ``rejects``) and the number of
-    unlabelled ones, which cannot train a CTC head and are skipped."""
-    from asrkd.data.manifest import load_manifest
+@dataclass
+class AdaptConfig:
+    """The settings of a teacher adaptation (the ``asrkd teacher-adapt`` flags)."""
 
-    utts = load_manifest(path, rejects)
-    labelled = [u for u in utts if u.has_text]
-    return labelled, len(utts) - len(labelled)
-
-
-# --------------------------------------------------------------------------- model pieces
-class CachedEncoder:
-    """Frozen lower part of a :class:`~asrkd.models.teachers.whisper.WhisperCTC`: its outputs per utterance.
-
-    With ``unfreeze = K`` the cache holds the residual stream entering block ``n_layer - K``
-    (positions already added); with ``K = 0`` the final encoder output.
-    """
-
-    def __init__(self, model, unfreeze: int):
-        n_layer = model.encoder.n_layer
-        if not 0 <= unfreeze <= n_layer:
-            raise ValueError(f"--unfreeze-blocks must be in [0, {n_layer}], got {unfreeze}")
-        self.model, self.split = model, n_layer - unfreeze
-
-    @torch.no_grad()
-    def __call__(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.model.encoder
-        feats, frames = self.model.frontend(waves, lengths)
-        x, out_lengths = enc.embed(feats, frames)
-        x = enc.run_blocks(x, out_lengths, 0, self.split)
-        if self.split == enc.n_layer:
-            x = enc.finish(x, out_lengths)
-        return x, out_lengths
+    train: str
+    tokenizer: str
+    dev: str | None = None
+    teacher: str = "whisper-tiny.en"
+    epochs: int = 40
+    unfreeze_blocks: int = 0
+    lr: float = 2e-3
+    encoder_lr: float = 1e-4
+    weight_decay: float = 0.01
+    head_layers: int = 2
+    head_hidden: int = 256
+    head_kernel: int = 5
+    dropout: float = 0.3
+    time_masks: int = 2
+    time_mask_width: float = 0.1
+    max_seconds_per_batch: float = 60.0
+    seed: int = 0
+    progress: bool = True
 
 
-def trainable_forward(model, split: int, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Logits from cached activations: top blocks (if any) + final LayerNorm + head."""
-    enc = model.encoder
-    if split < enc.n_layer:
-        x = enc.finish(enc.run_blocks(x, lengths, split), lengths)
-    return model.head(x, lengths)
-
-
-def greedy_ctc(logits: torch.Tensor, lengths: torch.Tensor, blank: int) -> list[list[int]]:
-    """Best-path CTC: argmax per frame, repeats merged, blanks removed."""
-    best = logits.argmax(-1)
-    out = []
-    for row, n in zip(best, lengths.tolist()):
-        ids = torch.unique_consecutive(row[:n]).tolist()
-        out.append([i for i in ids if i != blank])
-    return out
-
-
-def _time_mask(x: torch.Tensor, lengths: torch.Tensor, masks: int, width: float, gen: torch.Generator) -> torch.Tensor:
-    """Zero ``masks`` random spans of up to ``width`` x length frames per utterance (SpecAugment-style)."""
-    if masks <= 0 or width <= 0:
-        return x
-    B, T, _ = x.shape
-    keep = torch.ones(B, T, dtype=torch.bool)
-    for b, n in enumerate(lengths.tolist()):
-        max_w = max(1, int(width * n))
-        for _ in range(masks):
-            w = int(torch.randint(0, max_w + 1, (1,), generator=gen))
-            s = int(torch.randint(0, max(1, n - w + 1), (1,), generator=gen))
-            keep[b, s : s + w] = False
-    return x * keep[:, :, None].to(x.dtype)
-
-
-# --------------------------------------------------------------------------- stages
-def encode_all(encoder: CachedEncoder, utts: list, max_seconds: float, rejects, desc: str, progress: bool):
-    """Load audio and run the frozen encoder part once: ``(kept utterances, {id: activations fp16})``.
-
-    Utterances longer than 30 s, shorter than 25 ms, or whose audio cannot be read go to ``rejects``.
-    """
-    from tqdm import tqdm
-
-    from asrkd.data.audio import AudioError
-
-    ok = []
-    for u in utts:
-        if u.duration > MAX_SECONDS:
-            rejects.add(u.id, "too_long", f"{u.duration:.1f} s: Whisper encodes at most {MAX_SECONDS:.0f} s")
-        elif u.duration < MIN_SECONDS:
-            rejects.add(u.id, "too_short", f"{u.duration:.3f} s: the Whisper front-end needs {MIN_SECONDS} s")
-        else:
-            ok.append(u)
-    cache: dict[str, torch.Tensor] = {}
-    batches = duration_batches([u.duration for u in ok], max_seconds)
-    batch_seconds = [sum(ok[i].duration for i in batch) for batch in batches]
-    # the total adds the same per-batch sums in the same order as the updates: the bar ends exactly full
-    bar = tqdm(total=sum(batch_seconds), desc=desc, unit="s", disable=not progress, file=sys.stderr,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
-    for batch, seconds in zip(batches, batch_seconds):
-        loaded = []
-        for i in batch:
-            u = ok[i]
-            try:
-                wave = u.load_audio()
-            except AudioError as err:
-                rejects.add(u.id, err.kind, err.reason)
-                continue
-            if wave.numel() < MIN_SECONDS * 16000:
-                rejects.add(u.id, "too_short", f"{wave.numel()} samples: the Whisper front-end needs {MIN_SECONDS} s")
-                continue
-            if wave.numel() > MAX_SECONDS * 16000:  # the manifest's duration was wrong
-                rejects.add(u.id, "too_long", f"{wave.numel() / 16000:.1f} s of audio: Whisper encodes at most "
-                                              f"{MAX_SECONDS:.0f} s")
-                continue
-            loaded.append((u, wave))
-        bar.update(seconds)
-        if not loaded:
-            continue
-        lengths = torch.tensor([w.numel() for _, w in loaded])
-        pad = torch.zeros(len(loaded), int(lengths.max()))
-        for j, (_, w) in enumerate(loaded):
-            pad[j, : w.numel()] = w
-        x, out_lengths = encoder(pad, lengths)
-        for j, (u, _) in enumerate(loaded):
-            cache[u.id] = x[j, : out_lengths[j]].to(torch.float16).clone()
-    bar.close()
-    return [u for u in utts if u.id in cache], cache
-
-
-def _collate(ids: Sequence[str], cache: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([cache[i].size(0) for i in ids])
-    x = torch.zeros(len(ids), int(lengths.max()), cache[ids[0]].size(1))
-    for j, i in enumerate(ids):
-        x[j, : lengths[j]] = cache[i].float()
-    return x, lengths
-
-
-@torch.no_grad()
-def evaluate(model, split: int, utts: list, cache, tokenizer, max_frames: int) -> dict[str, Any]:
-    """Greedy-CTC WER/CER (asrkd.eval.scoring.score, sclite counting) against normalised references."""
-    from asrkd.eval.scoring import score
-
-    model.eval()
-    hyps: dict[str, str] = {}
-    frames = [cache[u.id].size(0) for u in utts]
-    for batch in duration_batches(frames, max_frames):
-        ids = [utts[i].id for i in batch]
-        x, lengths = _collate(ids, cache)
-        logits = trainable_forward(model, split, x, lengths)
-        for uid, seq in zip(ids, greedy_ctc(logits, lengths, tokenizer.blank_id)):
-            hyps[uid] = tokenizer.decode(seq)
-    refs = {u.id: tokenizer.normalize(u.text) for u in utts}
-    result = score(refs, hyps)
-    return {"wer": result["wer"], "cer": result["cer"], "utterances": result["utterances"], "hyps": hyps}
-
-
-def train(
-    model,
-    split: int,
-    train_utts: list,
-    train_cache: dict[str, torch.Tensor],
-    targets: dict[str, list[int]],
-    *,
-    tokenizer,
-    dev: tuple[list, dict[str, torch.Tensor]] | None,
-    epochs: int,
-    deadline: float | None,
-    lr: float,
-    encoder_lr: float,
-    weight_decay: float,
-    max_frames: int,
-    time_masks: int,
-    time_mask_width: float,
-    seed: int,
-    progress: bool,
-    log=print,
-) -> list[dict[str, Any]]:
-    """Train head (+ top blocks) with CTC on cached activations; keeps the best dev-CER weights.
-
-    Schedule: linear warm-up over the first 5 %, then cosine decay, where progress is the
-    larger of (steps done / steps planned) and (time used / time budget); training stops
-    when it reaches 1.
-    """
-    from tqdm import tqdm
-
-    gen = torch.Generator().manual_seed(seed)
-    enc = model.encoder
-    top = [p for b in enc.blocks[split:] for p in b.parameters()] + (list(enc.ln_post.parameters()) if split < enc.n_layer else [])
-    groups = [{"params": list(model.head.parameters()), "lr": lr}]
-    if top:
-        groups.append({"params": top, "lr": encoder_lr})
-    trainable = [p for g in groups for p in g["params"]]
-    model.requires_grad_(False)
-    for p in trainable:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(groups, weight_decay=weight_decay)
-    base_lrs = [g["lr"] for g in groups]
-
-    frames = [train_cache[u.id].size(0) for u in train_utts]
-    batches = duration_batches(frames, max_frames)
-    total_steps = max(1, epochs * len(batches))
-    start = time.monotonic()
-    budget = None if deadline is None else max(deadline - start, 1e-3)
-    if deadline is not None and deadline <= start:
-        log("the time budget is spent already (encoding took it): training one epoch")
-
-    def progress_frac(step: int) -> float:
-        frac = step / total_steps
-        if budget is not None:
-            frac = max(frac, (time.monotonic() - start) / budget)
-        return frac
-
-    history: list[dict[str, Any]] = []
-    best: tuple[float, dict[str, torch.Tensor]] | None = None
-    step = 0
-    done = False
-    for epoch in range(1, epochs + 1):
-        model.train()
-        order = torch.randperm(len(batches), generator=gen).tolist()
-        bar = tqdm(order, desc=f"epoch {epoch}", disable=not progress, file=sys.stderr, leave=False)
-        loss_sum, n_sum = 0.0, 0
-        for bi in bar:
-            frac = progress_frac(step)
-            if frac >= 1.0:
-                if epoch > 1:
-                    done = True
-                    break
-                frac = step / len(batches)  # budget gone in epoch 1: schedule that one epoch fully
-            scale = min(1.0, frac / 0.05) if frac < 0.05 else 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - 0.05) / 0.95)))
-            for g, base in zip(opt.param_groups, base_lrs):
-                g["lr"] = base * max(scale, 0.01)
-            ids = [train_utts[i].id for i in batches[bi]]
-            x, lengths = _collate(ids, train_cache)
-            x = _time_mask(x, lengths, time_masks, time_mask_width, gen)
-            logits = trainable_forward(model, split, x, lengths)
-            log_probs = logits.float().log_softmax(-1).transpose(0, 1)
-            tgt = [targets[i] for i in ids]
-            tgt_lengths = torch.tensor([len(t) for t in tgt])
-            loss = F.ctc_loss(log_probs, torch.tensor([c for t in tgt for c in t]), lengths, tgt_lengths,
-                              blank=tokenizer.blank_id, reduction="sum", zero_infinity=True) / max(1, int(tgt_lengths.sum()))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(trainable, 5.0)
-            opt.step()
-            step += 1
-            loss_sum += float(loss.detach()) * int(tgt_lengths.sum())
-            n_sum += int(tgt_lengths.sum())
-            bar.set_postfix(loss=f"{loss_sum / max(1, n_sum):.3f}")
-        bar.close()
-        rec: dict[str, Any] = {"epoch": epoch, "step": step, "loss": loss_sum / max(1, n_sum), "elapsed_s": round(time.monotonic() - start, 1)}
-        if dev is not None and dev[0]:
-            ev = evaluate(model, split, dev[0], dev[1], tokenizer, max_frames)
-            rec.update(dev_cer=ev["cer"], dev_wer=ev["wer"])
-            if best is None or ev["cer"] < best[0]:
-                best = (ev["cer"], {k: v.detach().clone() for k, v in model.state_dict().items()})
-        history.append(rec)
-        dev_txt = f"  dev CER {rec['dev_cer']:.2f}%  WER {rec['dev_wer']:.2f}%" if "dev_cer" in rec else ""
-        log(f"epoch {epoch:3d}  loss/char {rec['loss']:.4f}{dev_txt}  ({rec['elapsed_s']:.0f} s)")
-        if done or progress_frac(step) >= 1.0:
-            break
-    if best is not None:
-        model.load_state_dict(best[1])
-    model.requires_grad_(False)
-    model.eval()
-    return history
-
-
-# --------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", default="whisper-tiny.en",
-                   help="whisper-tiny.en (default, offline), whisper:PATH (ct2 model.bin, openai .pt, HF dir), "
-                        "or an adapted teacher checkpoint (asrkd:CKPT) to continue training")
-    p.add_argument("--train", required=True, help="training manifest (JSONL, with text)")
-    p.add_argument("--dev", help="dev manifest: CER/WER after each epoch; the best-CER epoch is kept")
-    p.add_argument("--tokenizer", required=True,
-                   help="saved asrkd tokenizer; if the file does not exist, a CharTokenizer is built from the "
-                        "training texts and saved there")
-    p.add_argument("--out", required=True, help="output checkpoint (written atomically)")
-    p.add_argument("--epochs", type=int, default=40, help="maximum epochs over the cached training set (default 40)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="wall-clock budget of the whole command, encoding included; the LR schedule follows it "
-                        "and training stops at it (after at least one epoch)")
-    p.add_argument("--unfreeze-blocks", type=int, default=0, help="also train the top K encoder blocks (default 0)")
-    p.add_argument("--lr", type=float, default=2e-3, help="head learning rate (AdamW, default 2e-3)")
-    p.add_argument("--encoder-lr", type=float, default=1e-4, help="learning rate of unfrozen blocks (default 1e-4)")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--head-layers", type=int, default=2, help="conv layers in the CTC head (0 = linear; default 2)")
-    p.add_argument("--head-hidden", type=int, default=256)
-    p.add_argument("--head-kernel", type=int, default=5)
-    p.add_argument("--dropout", type=float, default=0.3, help="head dropout (default 0.3)")
-    p.add_argument("--time-masks", type=int, default=2, help="time masks per utterance on cached activations (default 2)")
-    p.add_argument("--time-mask-width", type=float, default=0.1, help="max width of each, as a fraction of the length")
-    p.add_argument("--max-seconds-per-batch", type=float, default=60.0,
-                   help="padded audio seconds per batch (encoding and training; default 60)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def _tokenizer(path: str, texts: list[str], log):
-    from asrkd.data.tokenizer import CharTokenizer, load_tokenizer
-
-    p = Path(path)
-    if p.is_file():
-        return load_tokenizer(p)
-    tok = CharTokenizer.build(texts)
-    tok.save(p)
-    log(f"built a character tokenizer of {len(tok)} symbols from the training texts: {p}")
-    return tok
-
-
-def _load_model(spec: str, vocab_size: int, args):
+# --------------------------------------------------------------------------- the model
+def load_adaptable(cfg: AdaptConfig, vocab_size: int) -> tuple[nn.Module, str]:
+    """The ``WhisperCTC`` to adapt and the name of its source: pretrained Whisper weights and
+    a fresh head (``whisper-tiny.en``, ``whisper:PATH``), or an adapted checkpoint to go on
+    training (``asrkd:CKPT`` or a ``.pt`` path)."""
     from asrkd.models.teachers.whisper import build_whisper_ctc, default_whisper_path
 
-    head = dict(head_layers=args.head_layers, head_hidden=args.head_hidden, head_kernel=args.head_kernel, head_dropout=args.dropout)
+    spec = cfg.teacher
+    head = {"head_layers": cfg.head_layers, "head_hidden": cfg.head_hidden, "head_kernel": cfg.head_kernel,
+            "head_dropout": cfg.dropout}
     if spec == "whisper-tiny.en":
-        return build_whisper_ctc(default_whisper_path(), vocab_size, seed=args.seed, **head), spec
+        return build_whisper_ctc(default_whisper_path(), vocab_size, seed=cfg.seed, **head), spec
     if spec.startswith("whisper:"):
-        return build_whisper_ctc(spec.split(":", 1)[1], vocab_size, seed=args.seed, **head), spec
+        return build_whisper_ctc(spec.split(":", 1)[1], vocab_size, seed=cfg.seed, **head), spec
     path = spec.split(":", 1)[1] if spec.startswith("asrkd:") else spec
     if Path(path).suffix in {".pt", ".pth", ".ckpt"} or spec.startswith("asrkd:"):
         from asrkd.models.checkpoint import load_model
@@ -358,115 +108,281 @@ def _load_model(spec: str, vocab_size: int, args):
     raise ValueError(f"--teacher {spec!r}: expected whisper-tiny.en, whisper:PATH or an asrkd whisper_ctc checkpoint")
 
 
-def run(args: argparse.Namespace) -> int:
-    from asrkd.models.checkpoint import save_checkpoint
+class TopOfWhisper(nn.Module):
+    """The trainable top of a ``WhisperCTC``: its top ``unfreeze`` encoder blocks (with the
+    final LayerNorm when ``unfreeze > 0``) and its CTC head; everything else is frozen.
 
-    from asrkd.atomic import refuse_overwrite
-    from asrkd.models.teachers import spec_file
+    ``forward(x (B, T, n_state), lengths (B,)) -> (logits (B, T, V), lengths)`` where ``x``
+    is what :meth:`encode_frozen` gives: the residual stream entering block
+    ``n_layer - unfreeze`` (the final encoder output when ``unfreeze == 0``).
+    """
 
-    refuse_overwrite({"--out": args.out, "--tokenizer": args.tokenizer},
-                     {"--train": args.train, "--dev": args.dev, "--teacher": spec_file(args.teacher)})
+    def __init__(self, whisper: nn.Module, unfreeze: int):
+        super().__init__()
+        n_layer = whisper.encoder.n_layer
+        if not 0 <= unfreeze <= n_layer:
+            raise ValueError(f"--unfreeze-blocks must be in [0, {n_layer}], got {unfreeze}")
+        self.whisper, self.split = whisper, n_layer - unfreeze
+        whisper.requires_grad_(False)
+        for p in self.top_parameters() + list(whisper.head.parameters()):
+            p.requires_grad_(True)
+
+    def top_parameters(self) -> list[nn.Parameter]:
+        enc = self.whisper.encoder
+        if self.split == enc.n_layer:
+            return []
+        return [p for b in enc.blocks[self.split:] for p in b.parameters()] + list(enc.ln_post.parameters())
+
+    @torch.no_grad()
+    def encode_frozen(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.whisper.encoder
+        feats, frames = self.whisper.frontend(waves, lengths)
+        x, out_lengths = enc.embed(feats, frames)
+        x = enc.run_blocks(x, out_lengths, 0, self.split)
+        if self.split == enc.n_layer:
+            x = enc.finish(x, out_lengths)
+        return x, out_lengths
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.whisper.encoder
+        if self.split < enc.n_layer:
+            x = enc.finish(enc.run_blocks(x, lengths, self.split), lengths)
+        return self.whisper.head(x, lengths), lengths
+
+
+# --------------------------------------------------------------------------- the data
+@dataclass
+class Encoded:
+    """Frozen-encoder outputs of utterances (fp16, ``(T, n_state)`` each), their CTC targets
+    and their lengths in samples, in encoding order."""
+
+    ids: list[str] = field(default_factory=list)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    targets: dict[str, list[int]] = field(default_factory=dict)
+    samples: dict[str, int] = field(default_factory=dict)
+
+
+def encode(top: TopOfWhisper, utts: list, tokenizer, max_seconds: float, rejects: Rejects, desc: str,
+           progress: bool) -> Encoded:
+    """Load, check and tokenize ``utts`` (the students' dataset: bad audio, characters outside
+    the vocabulary, too short for 50 Hz CTC go to ``rejects``; so do utterances longer than
+    Whisper's 30 s window) and run the frozen part of the encoder once over them."""
+    from tqdm import tqdm
+
+    utts = filter_by_duration(utts, MIN_SECONDS, MAX_SECONDS, rejects)
+    dataset = ASRDataset(utts, tokenizer, None, subsampling=2, rejects=rejects)
+    batches = duration_batches(dataset.durations, max_seconds)
+    batch_seconds = [sum(dataset.durations[i] for i in batch) for batch in batches]
+    # the total adds the same per-batch sums in the same order as the updates: the bar ends exactly full
+    bar = tqdm(total=sum(batch_seconds), desc=desc, unit="s", disable=not progress, file=sys.stderr,
+               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+    out = Encoded()
+    top.eval()
+    for batch, seconds in zip(build_dataloader(dataset, batches, num_workers=0), batch_seconds):
+        rejects.extend(batch["rejected"])
+        rows = []
+        for j, (uid, n) in enumerate(zip(batch["ids"], batch["wave_lengths"].tolist())):
+            if n <= MAX_SECONDS * SAMPLE_RATE:
+                rows.append(j)
+            else:  # the manifest's duration was wrong
+                rejects.add(uid, "too_long", f"{n / SAMPLE_RATE:.1f} s of audio: Whisper encodes at most "
+                                             f"{MAX_SECONDS:.0f} s")
+        bar.update(seconds)
+        if not rows:
+            continue
+        lengths = batch["wave_lengths"][rows]
+        x, x_lengths = top.encode_frozen(batch["waves"][rows, : int(lengths.max())], lengths)
+        for k, j in enumerate(rows):
+            uid = batch["ids"][j]
+            out.ids.append(uid)
+            out.outputs[uid] = x[k, : x_lengths[k]].to(torch.float16).clone()
+            out.targets[uid] = batch["targets"][j, : batch["target_lengths"][j]].tolist()
+            out.samples[uid] = int(lengths[k])
+    bar.close()
+    return out
+
+
+class EncodedItems(torch.utils.data.Dataset):
+    """:class:`Encoded` utterances as training items for the loop: ``feats`` (the cached
+    outputs in float32, with SpecAugment time masks when ``specaug`` is given), ``targets``."""
+
+    def __init__(self, encoded: Encoded, specaug: SpecAugment | None = None):
+        self.encoded, self.specaug = encoded, specaug
+
+    def __len__(self) -> int:
+        return len(self.encoded.ids)
+
+    @property
+    def durations(self) -> list[float]:
+        return [self.encoded.samples[i] / SAMPLE_RATE for i in self.encoded.ids]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        uid = self.encoded.ids[index]
+        feats = self.encoded.outputs[uid].float()
+        if self.specaug is not None:
+            feats = self.specaug(feats)
+        return {"id": uid, "feats": feats, "targets": torch.tensor(self.encoded.targets[uid]),
+                "samples": self.encoded.samples[uid]}
+
+
+def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A batch of :class:`EncodedItems` as the loop reads batches (see ``asrkd.data.collate``)."""
+    pad = torch.nn.utils.rnn.pad_sequence
+    return {"ids": [x["id"] for x in items], "size": len(items), "rejected": [],
+            "feats": pad([x["feats"] for x in items], batch_first=True),
+            "feat_lengths": torch.tensor([x["feats"].size(0) for x in items]),
+            "targets": pad([x["targets"] for x in items], batch_first=True),
+            "target_lengths": torch.tensor([x["targets"].numel() for x in items]),
+            "has_text": torch.ones(len(items), dtype=torch.bool),
+            "wave_lengths": torch.tensor([x["samples"] for x in items])}
+
+
+def _loader(dataset, cfg: AdaptConfig, shuffle: bool, rejects: Rejects):
+    sampler = DurationBatchSampler(dataset.durations, cfg.max_seconds_per_batch, shuffle=shuffle, seed=cfg.seed,
+                                   rank=0, world_size=1, ids=dataset.encoded.ids)
+    sampler.record_too_long(rejects)
+    items = SeededItems(dataset, cfg.seed)
+    return sampler, items, torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=collate_encoded)
+
+
+# --------------------------------------------------------------------------- the run
+class BestWeights:
+    """``Run.save`` of a teacher adaptation: nothing is written while it trains; the weights
+    of the best epoch (lowest dev CER; the latest without a dev set) are kept in memory."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def __call__(self, run: Run, names: list[str], epoch: int, batches_done: int) -> None:
+        if "best.pt" in names:
+            self.state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+
+def build_adapt_run(top: TopOfWhisper, train: Encoded, dev: DevSet | None, tokenizer, cfg: AdaptConfig,
+                    rejects: Rejects, deadline: float | None, log, save: BestWeights) -> Run:
+    """The loop's :class:`~asrkd.train.run.Run` for ``top`` on the cached ``train`` outputs."""
+    # time masks only (the cached outputs have no frequency axis), each up to time_mask_width of the length
+    specaug = SpecAugment(freq_masks=0, freq_width=0, time_masks=cfg.time_masks, time_width=top.whisper.encoder.n_ctx,
+                          max_time_ratio=cfg.time_mask_width) if cfg.time_masks > 0 else None
+    sampler, items, loader = _loader(EncodedItems(train, specaug), cfg, True, rejects)
+    groups = [(list(top.whisper.head.parameters()), cfg.lr)]
+    if top.top_parameters():
+        groups.append((top.top_parameters(), cfg.encoder_lr))
+    optimizer = build_optimizer(groups, {"weight_decay": cfg.weight_decay, "betas": BETAS, "eps": 1e-8})
+    total = max(1, cfg.epochs * len(sampler))
+    schedule = LRSchedule("cosine", math.ceil(WARMUP * total), total, MIN_LR_RATIO)
+    if deadline is not None:
+        schedule = TimeBudget(schedule, total, deadline, min_steps=len(sampler))
+    loss_fn = DistillationLoss(ctc_weight=1.0, kd_weight=0.0, blank_id=tokenizer.blank_id, seed=cfg.seed)
+    objective = Objective(loss_fn, input_dim=top.whisper.encoder.n_state, dummy_frames=1, device=torch.device("cpu"))
+    return Run(loop=LoopConfig(epochs=cfg.epochs, clip_grad_norm=CLIP_GRAD_NORM, log_every=None,
+                               progress=cfg.progress),
+               ddp=DistInfo(), model=top, objective=objective, optimizer=optimizer,
+               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), sampler=sampler, items=items,
+               loader=loader, tokenizer=tokenizer, rejects=Rejects(), log=log, save=save, dev=dev,
+               deadline=deadline, last_checkpoint="(none: teacher-adapt writes --out at the end)")
+
+
+def dev_set(dev: Encoded, refs: dict[str, str], rejects: Rejects, cfg: AdaptConfig) -> DevSet:
+    _, _, loader = _loader(EncodedItems(dev), cfg, False, rejects)
+    return DevSet(loader, refs, rejects)
+
+
+# --------------------------------------------------------------------------- the whole command
+def adapt_teacher(cfg: AdaptConfig, *, deadline: float | None = None,
+                  log: Callable[[str], None] | None = None) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """Adapt ``cfg.teacher`` on ``cfg.train`` (stopping at ``deadline``, a ``time.monotonic()``
+    time, after at least one epoch): returns the trained ``WhisperCTC`` (eval mode, frozen),
+    the tokenizer and the summary a checkpoint stores as ``adapt``."""
+    from asrkd.train.loop import evaluate, fit
+
     t0 = time.monotonic()
-    deadline = None if args.minutes is None else t0 + 60.0 * args.minutes
-    progress = not args.no_progress
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    from asrkd.data.features import ctc_min_frames
-    from asrkd.data.rejects import Rejects
-    from asrkd.data.tokenizer import TokenizerError
-
+    log = log or Log(None)
+    torch.manual_seed(cfg.seed)
     rejects = {"train": Rejects(), "dev": Rejects()}
-    train_utts, unlabelled_train = read_manifest(args.train, rejects["train"])
-    dev_utts, unlabelled_dev = read_manifest(args.dev, rejects["dev"]) if args.dev else ([], 0)
-    for name, n in (("train", unlabelled_train), ("dev", unlabelled_dev)):
-        if n:
-            log(f"{name}: {n} unlabelled utterances skipped (a CTC head needs transcripts)")
+    train_utts, unlabelled_train = _labelled(cfg.train, rejects["train"], "train", log)
+    dev_utts, unlabelled_dev = _labelled(cfg.dev, rejects["dev"], "dev", log) if cfg.dev else ([], 0)
     if not train_utts:
-        raise ValueError(f"{args.train} has no labelled utterances (a CTC head needs transcripts)\n"
+        raise ValueError(f"{cfg.train} has no labelled utterances (a CTC head needs transcripts)\n"
                          f"{rejects['train'].summary()}")
-    tokenizer = _tokenizer(args.tokenizer, [u.text for u in train_utts], log)
-    model, source = _load_model(args.teacher, len(tokenizer), args)
-    model.eval()
-    encoder = CachedEncoder(model, args.unfreeze_blocks)
-    log(f"teacher {source}: encoder {sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f} M params, "
-        f"head {sum(p.numel() for p in model.head.parameters()) / 1e6:.2f} M, vocab {len(tokenizer)}, "
-        f"training the head{f' + top {args.unfreeze_blocks} blocks' if args.unfreeze_blocks else ''}")
-
-    # Labels first: an utterance that cannot be tokenized is not worth encoding.
-    targets: dict[str, list[int]] = {}
-    for name, utts in (("train", train_utts), ("dev", dev_utts)):
-        kept = []
-        for u in utts:
-            try:
-                ids = tokenizer.encode(u.text)
-            except TokenizerError as err:
-                rejects[name].add(u.id, "oov_chars", str(err))
-                continue
-            if not ids:
-                rejects[name].add(u.id, "empty_text", "nothing left after text normalisation")
-                continue
-            targets[u.id] = ids
-            kept.append(u)
-        if name == "train":
-            train_utts = kept
-        else:
-            dev_utts = kept
-
-    t_enc = time.monotonic()
-    train_utts, train_cache = encode_all(encoder, train_utts, args.max_seconds_per_batch, rejects["train"], "encode train", progress)
-    dev_cache: dict[str, torch.Tensor] = {}
-    if dev_utts:
-        dev_utts, dev_cache = encode_all(encoder, dev_utts, args.max_seconds_per_batch, rejects["dev"], "encode dev", progress)
-    audio_s = sum(u.duration for u in train_utts) + sum(u.duration for u in dev_utts)
-    enc_s = time.monotonic() - t_enc
-    log(f"encoded {len(train_utts)} train + {len(dev_utts)} dev utterances ({audio_s / 3600:.2f} h) in {enc_s:.0f} s "
-        f"({audio_s / max(enc_s, 1e-9):.0f}x real time)")
-
-    kept = []
-    for u in train_utts:
-        need, have = ctc_min_frames(targets[u.id]), train_cache[u.id].size(0)
-        if need > have:  # spoken too fast for 50 Hz character CTC: the loss would be infinite
-            rejects["train"].add(u.id, "too_short_for_ctc", f"{need} CTC frames needed, {have} encoder frames")
-        else:
-            kept.append(u)
-    train_utts = kept
+    tokenizer = _tokenizer(cfg.tokenizer, [u.text for u in train_utts], log)
+    whisper, source = load_adaptable(cfg, len(tokenizer))
+    top = TopOfWhisper(whisper, cfg.unfreeze_blocks)
+    log(f"teacher {source}: encoder {sum(p.numel() for p in whisper.encoder.parameters()) / 1e6:.2f} M params, "
+        f"head {sum(p.numel() for p in whisper.head.parameters()) / 1e6:.2f} M, vocab {len(tokenizer)}, "
+        f"training the head{f' + top {cfg.unfreeze_blocks} blocks' if cfg.unfreeze_blocks else ''}")
+    train_enc, dev_enc = _encode_sets(top, train_utts, dev_utts, tokenizer, cfg, rejects, log)
+    dev = dev_set(dev_enc, {u.id: u.text for u in dev_utts}, rejects["dev"], cfg) if dev_utts else None
+    best = BestWeights()
+    run = build_adapt_run(top, train_enc, dev, tokenizer, cfg, rejects["train"], deadline, log, best)
     for name, rej in rejects.items():
         if len(rej):
             log(rej.summary(title=f"{name}: skipped"))
-    if not train_utts:
-        raise ValueError(f"no usable training utterance left in {args.train} (see the skip counts above)")
-
-    frames_per_batch = int(args.max_seconds_per_batch * model.frame_rate)
-    history = train(
-        model, encoder.split, train_utts, train_cache, targets, tokenizer=tokenizer,
-        dev=(dev_utts, dev_cache) if dev_utts else None, epochs=args.epochs, deadline=deadline, lr=args.lr,
-        encoder_lr=args.encoder_lr, weight_decay=args.weight_decay, max_frames=frames_per_batch,
-        time_masks=args.time_masks, time_mask_width=args.time_mask_width, seed=args.seed, progress=progress, log=log,
-    )
-    summary: dict[str, Any] = {"source": source, "epochs": len(history), "train_utterances": len(train_utts),
-                               "train_hours": sum(u.duration for u in train_utts) / 3600,
-                               "unfreeze_blocks": args.unfreeze_blocks, "wall_s": round(time.monotonic() - t0, 1),
-                               "skipped_train": rejects["train"].counts(), "skipped_dev": rejects["dev"].counts(),
-                               "unlabelled_train": unlabelled_train, "unlabelled_dev": unlabelled_dev, "history": history}
-    if dev_utts:
-        ev = evaluate(model, encoder.split, dev_utts, dev_cache, tokenizer, frames_per_batch)
+    if len(run.sampler) == 0:
+        raise ValueError(f"no usable training utterance left in {cfg.train} (see the skip counts above)")
+    if deadline is not None and deadline <= time.monotonic():
+        log("the time budget is spent already (encoding took it): training one epoch")
+    fit(run)
+    if best.state is not None:
+        top.load_state_dict(best.state)
+    whisper.requires_grad_(False)
+    whisper.eval()
+    summary = {"source": source, "epochs": len(run.progress.history), "train_utterances": len(train_enc.ids),
+               "train_hours": sum(train_enc.samples.values()) / SAMPLE_RATE / 3600,
+               "unfreeze_blocks": cfg.unfreeze_blocks, "wall_s": round(time.monotonic() - t0, 1),
+               "skipped_train": rejects["train"].counts(), "skipped_dev": rejects["dev"].counts(),
+               "unlabelled_train": unlabelled_train, "unlabelled_dev": unlabelled_dev,
+               "history": [{k: h[k] for k in ("epoch", "step", "elapsed_s", "dev_cer", "dev_wer") if k in h}
+                           | {"loss": h["train_loss"]} for h in run.progress.history]}
+    if dev is not None:
+        ev = evaluate(top, dev.loader, dev.refs, tokenizer, run.device)
         summary.update(dev_cer=ev["cer"], dev_wer=ev["wer"], dev_utterances=ev["utterances"])
         log(f"dev (best epoch): %CER {ev['cer']:.2f}  %WER {ev['wer']:.2f}  on {ev['utterances']} utterances")
-    config = {k: v for k, v in vars(args).items() if not k.startswith("_") and not callable(v)}
-    save_checkpoint(args.out, {
+    return whisper, tokenizer, summary
+
+
+def _labelled(path: str, rejects: Rejects, name: str, log) -> tuple[list, int]:
+    """Labelled utterances of a manifest (bad lines go to ``rejects``) and the number of
+    unlabelled ones, which cannot train a CTC head and are skipped."""
+    utts = load_manifest(path, rejects)
+    labelled = [u for u in utts if u.has_text]
+    if len(labelled) < len(utts):
+        log(f"{name}: {len(utts) - len(labelled)} unlabelled utterances skipped (a CTC head needs transcripts)")
+    return labelled, len(utts) - len(labelled)
+
+
+def _tokenizer(path: str, texts: list[str], log):
+    p = Path(path)
+    if p.is_file():
+        return load_tokenizer(p)
+    tok = CharTokenizer.build(texts)
+    tok.save(p)
+    log(f"built a character tokenizer of {len(tok)} symbols from the training texts: {p}")
+    return tok
+
+
+def _encode_sets(top, train_utts, dev_utts, tokenizer, cfg: AdaptConfig, rejects, log) -> tuple[Encoded, Encoded]:
+    t_enc = time.monotonic()
+    sets = [encode(top, utts, tokenizer, cfg.max_seconds_per_batch, rejects[name], f"encode {name}", cfg.progress)
+            for name, utts in (("train", train_utts), ("dev", dev_utts))]
+    audio_s = sum(n for s in sets for n in s.samples.values()) / SAMPLE_RATE
+    enc_s = time.monotonic() - t_enc
+    log(f"encoded {len(sets[0].ids)} train + {len(sets[1].ids)} dev utterances ({audio_s / 3600:.2f} h) in "
+        f"{enc_s:.0f} s ({audio_s / max(enc_s, 1e-9):.0f}x real time)")
+    return sets[0], sets[1]
+
+
+def save_adapted(path, whisper: nn.Module, tokenizer, summary: dict[str, Any], config: dict[str, Any]) -> None:
+    """The adapted teacher as an asrkd checkpoint (atomic): ``load_teacher("asrkd:PATH")``."""
+    from asrkd.models.checkpoint import save_checkpoint
+
+    save_checkpoint(path, {
         "arch": "whisper_ctc",
-        "model_kwargs": model.model_kwargs,
-        "model": model.state_dict(),
+        "model_kwargs": whisper.model_kwargs,
+        "model": whisper.state_dict(),
         "tokenizer": tokenizer.to_dict(),
         "features": None,  # waveform-input model: its Whisper front-end is part of it
         "cmvn": None,
         "adapt": summary,
         "config": config,
     })
-    log(f"saved {args.out} ({time.monotonic() - t0:.0f} s in all)")
-    return 0

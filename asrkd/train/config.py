@@ -303,8 +303,8 @@ _DEVICE = _Rule("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re
 def _rules() -> dict[str, _Rule]:
     """The rule of every key of :data:`DEFAULTS` (the choices come from the modules that use them)."""
     from asrkd.kd.align import BLANK_MODES, RESAMPLE_METHODS
-    from asrkd.ops._validate import TEMPERATURE_RANGE
     from asrkd.models.students import ARCHS, SIZES
+    from asrkd.ops._validate import TEMPERATURE_RANGE
 
     sizes = list(dict.fromkeys(s for per_arch in SIZES.values() for s in per_arch))  # model.arch picks among them
     return {

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -57,3 +58,23 @@ def resume_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, step: int) ->
         group["initial_lr"] = base
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+class TimeBudget:
+    """A schedule that follows a wall-clock budget as well as its steps (for ``LambdaLR``).
+
+    At step ``s`` it gives ``schedule(position)`` with ``position = max(s, total_steps · f)``,
+    ``f`` the fraction of the time from now to ``deadline`` (a ``time.monotonic()`` time) used
+    so far: the schedule ends when the steps or the time run out, whichever comes first. It
+    never runs faster than ``min_steps`` steps for the whole schedule (one epoch, say): when
+    the time is gone before those are done, those steps still get the whole schedule.
+    """
+
+    def __init__(self, schedule: LRSchedule, total_steps: int, deadline: float, min_steps: int = 1):
+        self.schedule, self.total, self.min_steps = schedule, max(1, int(total_steps)), max(1, int(min_steps))
+        self.start = time.monotonic()
+        self.budget = max(deadline - self.start, 1e-3)
+
+    def __call__(self, step: int) -> float:
+        used = (time.monotonic() - self.start) / self.budget
+        return self.schedule(max(step, self.total * min(used, step / self.min_steps)))

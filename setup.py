@@ -15,7 +15,6 @@ Environment knobs:
                            for a level the running CPU lacks.
 """
 
-import glob
 import os
 import re
 import shutil
@@ -81,8 +80,7 @@ def _cpu_capability():
 _CAP_FLAGS = {
     "DEFAULT": [],
     "AVX2": ["-mavx2", "-mfma", "-mf16c", "-mbmi", "-mbmi2", "-mlzcnt"],
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
-               "-mbmi", "-mbmi2", "-mlzcnt"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c", "-mbmi", "-mbmi2", "-mlzcnt"],
 }
 
 
@@ -90,13 +88,25 @@ def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     cap = _cpu_capability()
-    sources = [str(p.relative_to(ROOT)) for p in [ROOT / "csrc/kd_kl.cpp", *sorted((ROOT / "csrc/autograd").glob("*.cpp")),
-                                                   *sorted((ROOT / "csrc/cpu").glob("*.cpp"))]]
+    sources = [
+        str(p.relative_to(ROOT))
+        for p in [
+            ROOT / "csrc/kd_kl.cpp",
+            *sorted((ROOT / "csrc/autograd").glob("*.cpp")),
+            *sorted((ROOT / "csrc/cpu").glob("*.cpp")),
+        ]
+    ]
     # -fopenmp: at::parallel_for is a header template that only runs in parallel when the
     # including file is compiled with OpenMP (it binds to the libgomp torch already loaded).
-    cxx = ["-O3", "-fopenmp", "-fvisibility=hidden", f"-DASRKD_CPU_CAPABILITY_{cap}",
-           f"-DCPU_CAPABILITY={cap}", f"-DCPU_CAPABILITY_{cap}", *_CAP_FLAGS[cap],
-           ]
+    cxx = [
+        "-O3",
+        "-fopenmp",
+        "-fvisibility=hidden",
+        f"-DASRKD_CPU_CAPABILITY_{cap}",
+        f"-DCPU_CAPABILITY={cap}",
+        f"-DCPU_CAPABILITY_{cap}",
+        *_CAP_FLAGS[cap],
+    ]
     define_macros = []
     include_dirs = [str(ROOT / "csrc")]
     if _want_cuda():
@@ -121,10 +131,26 @@ def extensions():
         sources += [str(p.relative_to(ROOT)) for p in sorted((ROOT / "csrc/cuda").glob("*.cu"))]
         define_macros.append(("ASRKD_WITH_CUDA", None))
         nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
-        return [CUDAExtension("asrkd._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                              extra_compile_args={"cxx": cxx, "nvcc": nvcc}, extra_link_args=["-fopenmp"])]
-    return [CppExtension("asrkd._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-                         extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])]
+        return [
+            CUDAExtension(
+                "asrkd._C",
+                sources,
+                include_dirs=include_dirs,
+                define_macros=define_macros,
+                extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                extra_link_args=["-fopenmp"],
+            )
+        ]
+    return [
+        CppExtension(
+            "asrkd._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
 
 
 def cmdclass():

@@ -52,8 +52,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str = "*") -> list
     return removed
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], mode: str = "wb", *,
-                 durable: bool = True) -> None:
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO[Any]], None], mode: str = "wb", *, durable: bool = True
+) -> None:
     """Write ``path`` through ``write(file)``: into a temporary file in the same folder
     (created when missing), fsync'd, renamed over ``path``, and the folder fsync'd so the
     rename itself is durable. Text modes use UTF-8. The new file gets the mode a plain
@@ -153,8 +154,9 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def refuse_overwrite(outputs: Mapping[str, str | os.PathLike | None],
-                     inputs: Mapping[str, str | os.PathLike | None]) -> None:
+def refuse_overwrite(
+    outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str | os.PathLike | None]
+) -> None:
     """Raise ``ValueError`` naming both when an output path is an input path (the same file,
     through any spelling, link or hard link) or two outputs are one path. ``None`` entries
     are ignored. Keys are what the user called them (``--out``, ``--manifest``)."""
@@ -163,20 +165,25 @@ def refuse_overwrite(outputs: Mapping[str, str | os.PathLike | None],
     for out_name, out in outs.items():
         for in_name, src in ins.items():
             if out.resolve() == src.resolve() or _same_file(out, src):
-                raise ValueError(f"{out_name} {out} is the input {in_name} {src}: writing it would destroy the "
-                                 "input; choose another output path")
+                raise ValueError(
+                    f"{out_name} {out} is the input {in_name} {src}: writing it would destroy the "
+                    "input; choose another output path"
+                )
             if src.is_dir() and out.exists() and out.resolve().is_relative_to(src.resolve()):
-                raise ValueError(f"{out_name} {out} is a file of the input {in_name} {src}: writing it would "
-                                 "destroy part of that input; choose another output path")
+                raise ValueError(
+                    f"{out_name} {out} is a file of the input {in_name} {src}: writing it would "
+                    "destroy part of that input; choose another output path"
+                )
     names = list(outs)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             if outs[a].resolve() == outs[b].resolve():
                 raise ValueError(f"{a} and {b} are the same path {outs[a]}: one would overwrite the other")
 
 
-def refuse_overwrite_files(outputs: Mapping[str, str | os.PathLike | None], files: Iterable[str | os.PathLike],
-                           what: str) -> None:
+def refuse_overwrite_files(
+    outputs: Mapping[str, str | os.PathLike | None], files: Iterable[str | os.PathLike], what: str
+) -> None:
     """:func:`refuse_overwrite` against many inputs at once (e.g. every audio file a manifest
     lists): ``ValueError`` naming the output and ``what`` the input is."""
     resolved = {Path(f).resolve() for f in files}

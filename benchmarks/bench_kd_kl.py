@@ -148,7 +148,7 @@ def run_case(impls, B, T, V, dtype, device, min_run_time, rounds):
     times: dict[str, list[float]] = {name: [] for name in steps}
     names = list(steps)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(time_step(steps[name], min_run_time / rounds, warmup=0))
     rows = []
     for name in impls:
@@ -156,8 +156,17 @@ def run_case(impls, B, T, V, dtype, device, min_run_time, rounds):
             rows.append({"impl": name, "error": errors[name]})
             continue
         sec = _median(times[name])
-        rows.append({"impl": name, "ms": sec * 1e3, "ms_min": min(times[name]) * 1e3, "ms_max": max(times[name]) * 1e3,
-                     "gbps": traffic / sec / 1e9, "peak_mb": peaks[name] / 2**20, "round_ms": [t * 1e3 for t in times[name]]})
+        rows.append(
+            {
+                "impl": name,
+                "ms": sec * 1e3,
+                "ms_min": min(times[name]) * 1e3,
+                "ms_max": max(times[name]) * 1e3,
+                "gbps": traffic / sec / 1e9,
+                "peak_mb": peaks[name] / 2**20,
+                "round_ms": [t * 1e3 for t in times[name]],
+            }
+        )
     return rows, traffic, times
 
 
@@ -171,8 +180,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, short runs (smoke test)")
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
-    ap.add_argument("--min-run-time", type=float, default=None,
-                    help="seconds per implementation and case, split over the rounds")
+    ap.add_argument(
+        "--min-run-time", type=float, default=None, help="seconds per implementation and case, split over the rounds"
+    )
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
@@ -211,16 +221,23 @@ def main(argv=None) -> int:
         }
         results = []
         print(f"\n== {device} ({env['device']}, torch {env['torch']}, {env['threads']} threads) ==")
-        header = (f"{'B,T,V':>14} {'dtype':>8} {'impl':>8} {'ms':>9} {'ms min-max':>17} {'vs eager':>9} "
-                  f"{'vs comp':>8} {'GB/s':>7} {'peak MB':>8}")
+        header = (
+            f"{'B,T,V':>14} {'dtype':>8} {'impl':>8} {'ms':>9} {'ms min-max':>17} {'vs eager':>9} "
+            f"{'vs comp':>8} {'GB/s':>7} {'peak MB':>8}"
+        )
         copy_bw = None
         for B, T, V in shapes:
             for dtype in dtypes:
                 rows, traffic, times = run_case(impls, B, T, V, dtype, device, min_run_time, args.rounds)
                 by = {r["impl"]: r for r in rows if "ms" in r}
                 fused = by.get("fused")
-                case = {"shape": [B, T, V], "dtype": str(dtype).replace("torch.", ""), "traffic_bytes": traffic,
-                        "rounds": args.rounds, "rows": rows}
+                case = {
+                    "shape": [B, T, V],
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "traffic_bytes": traffic,
+                    "rounds": args.rounds,
+                    "rows": rows,
+                }
                 if fused:
                     for other in ("eager", "compile", "liger"):
                         if other in by:  # ratios of the same round: drift between rounds cancels
@@ -237,21 +254,34 @@ def main(argv=None) -> int:
                     if "error" in r:
                         print(f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8}  error: {r['error']}")
                         continue
-                    ve = _median([a / b for a, b in zip(times["eager"], times[r["impl"]])]) if "eager" in by \
+                    ve = (
+                        _median([a / b for a, b in zip(times["eager"], times[r["impl"]])])
+                        if "eager" in by
                         else float("nan")
-                    vc = _median([a / b for a, b in zip(times["compile"], times[r["impl"]])]) if "compile" in by \
+                    )
+                    vc = (
+                        _median([a / b for a, b in zip(times["compile"], times[r["impl"]])])
+                        if "compile" in by
                         else float("nan")
+                    )
                     spread = f"{r['ms_min']:.3f}-{r['ms_max']:.3f}"
-                    print(f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8} {r['ms']:9.3f} {spread:>17} "
-                          f"{ve:8.2f}x {vc:7.2f}x {r['gbps']:7.2f} {r['peak_mb']:8.1f}")
+                    print(
+                        f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8} {r['ms']:9.3f} {spread:>17} "
+                        f"{ve:8.2f}x {vc:7.2f}x {r['gbps']:7.2f} {r['peak_mb']:8.1f}"
+                    )
                 if fused:
-                    ranges = "; ".join(f"vs {o} {case[f'speedup_vs_{o}']:.2f}x (rounds "
-                                       f"{case[f'speedup_vs_{o}_range'][0]:.2f}-{case[f'speedup_vs_{o}_range'][1]:.2f})"
-                                       for o in ("eager", "compile", "liger") if f"speedup_vs_{o}" in case)
+                    ranges = "; ".join(
+                        f"vs {o} {case[f'speedup_vs_{o}']:.2f}x (rounds "
+                        f"{case[f'speedup_vs_{o}_range'][0]:.2f}-{case[f'speedup_vs_{o}_range'][1]:.2f})"
+                        for o in ("eager", "compile", "liger")
+                        if f"speedup_vs_{o}" in case
+                    )
                     print(f"{'':>14} {'':>8} {'fused':>8} {ranges}")
                 if "fused_pct_of_copy" in case:
-                    print(f"{'':>14} {'':>8} {'copy':>8} same-run device copy {case['copy_gbps']:.1f} GB/s; "
-                          f"fused at {case['fused_pct_of_copy']:.1f}% of it")
+                    print(
+                        f"{'':>14} {'':>8} {'copy':>8} same-run device copy {case['copy_gbps']:.1f} GB/s; "
+                        f"fused at {case['fused_pct_of_copy']:.1f}% of it"
+                    )
         for k, v in notes.items():
             print(f"note: {k}: {v}")
         out = out_dir / f"kd_kl_{device_tag(device)}{'_quick' if args.quick else ''}.json"

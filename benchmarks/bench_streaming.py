@@ -51,22 +51,25 @@ def device_tag(device: str) -> str:
 
 
 def random_student_checkpoint(arch: str, size: str, path: Path) -> Path:
-    from asrkd.models.checkpoint import save_checkpoint
     from asrkd.data.features import FeatureConfig, GlobalCMVN
     from asrkd.data.tokenizer import CharTokenizer
+    from asrkd.models.checkpoint import save_checkpoint
     from asrkd.models.students import ARCHS, build_student
 
     tok = CharTokenizer.english()
     torch.manual_seed(0)
     model = build_student(arch, size, len(tok)).eval()
-    save_checkpoint(path, {
-        "arch": ARCHS[arch][0],
-        "model_kwargs": model.model_kwargs,
-        "model": model.state_dict(),
-        "tokenizer": tok.to_dict(),
-        "features": FeatureConfig().to_dict(),
-        "cmvn": GlobalCMVN.identity(80).to_dict(),
-    })
+    save_checkpoint(
+        path,
+        {
+            "arch": ARCHS[arch][0],
+            "model_kwargs": model.model_kwargs,
+            "model": model.state_dict(),
+            "tokenizer": tok.to_dict(),
+            "features": FeatureConfig().to_dict(),
+            "cmvn": GlobalCMVN.identity(80).to_dict(),
+        },
+    )
     return path
 
 
@@ -98,12 +101,28 @@ def measure(checkpoint, manifest, *, streaming: bool, chunk_ms, device: str, thr
     runs = []
     stats = None
     for i in range(repeats + 1):
-        _, stats = decode_manifest(checkpoint, manifest, streaming=streaming, chunk_ms=chunk_ms if streaming else None,
-                                   device=device, threads=threads)
+        _, stats = decode_manifest(
+            checkpoint,
+            manifest,
+            streaming=streaming,
+            chunk_ms=chunk_ms if streaming else None,
+            device=device,
+            threads=threads,
+        )
         if i > 0:
             runs.append(stats["rtf"])
-    keep = ("params", "audio_s", "decoded", "frame_rate", "native_chunk_ms", "model_latency_ms", "chunk_ms",
-            "algorithmic_latency_ms", "threads", "device")
+    keep = (
+        "params",
+        "audio_s",
+        "decoded",
+        "frame_rate",
+        "native_chunk_ms",
+        "model_latency_ms",
+        "chunk_ms",
+        "algorithmic_latency_ms",
+        "threads",
+        "device",
+    )
     return {"rtf": min(runs), "rtf_runs": runs, **{k: stats[k] for k in keep if k in stats}}
 
 
@@ -131,21 +150,30 @@ def main(argv=None) -> int:
         if args.checkpoint:
             models = {c: c for c in args.checkpoint}
         else:
-            models = {f"{a}-{args.size} (random weights)": random_student_checkpoint(a, args.size, tmp / f"{a}.pt")
-                      for a in args.arch}
+            models = {
+                f"{a}-{args.size} (random weights)": random_student_checkpoint(a, args.size, tmp / f"{a}.pt")
+                for a in args.arch
+            }
         rows = []
         for name, ckpt in models.items():
             common = dict(chunk_ms=args.chunk_ms, device=args.device, threads=args.threads, repeats=args.repeats)
             s = measure(ckpt, manifest, streaming=True, **common)
             f = measure(ckpt, manifest, streaming=False, **common)
-            row = {"model": name, "streaming": s, "full_utterance": f, "target_rtf": TARGET_RTF,
-                   "meets_target": s["rtf"] <= TARGET_RTF}
+            row = {
+                "model": name,
+                "streaming": s,
+                "full_utterance": f,
+                "target_rtf": TARGET_RTF,
+                "meets_target": s["rtf"] <= TARGET_RTF,
+            }
             rows.append(row)
             plural = "s" if args.threads != 1 else ""
-            print(f"{name}: {s['params']:,} params, chunk {s['chunk_ms']:g} ms, "
-                  f"latency {s['algorithmic_latency_ms']:g} ms; streaming RTF {s['rtf']:.4f} (target <= {TARGET_RTF}), "
-                  f"full-utterance RTF {f['rtf']:.4f} [{args.device}, {args.threads} thread{plural}, "
-                  f"{s['audio_s']:.0f} s audio, features included]")
+            print(
+                f"{name}: {s['params']:,} params, chunk {s['chunk_ms']:g} ms, "
+                f"latency {s['algorithmic_latency_ms']:g} ms; streaming RTF {s['rtf']:.4f} (target <= {TARGET_RTF}), "
+                f"full-utterance RTF {f['rtf']:.4f} [{args.device}, {args.threads} thread{plural}, "
+                f"{s['audio_s']:.0f} s audio, features included]"
+            )
     env = {
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),

@@ -76,12 +76,28 @@ def main(argv: list[str] | None = None) -> int:
         for size in args.size:
             model = build_student(arch, size, args.vocab_size).eval()
             runs = streaming_rtf(script_student(model) if args.torchscript else model, args.seconds, args.repeats)
-            rows.append(dict(arch=arch, size=size, params=count_parameters(model),
-                             latency_ms=model.algorithmic_latency_ms, rtf=min(runs), rtf_runs=runs))
-            print(f"{arch:10s} {size:4s} {rows[-1]['params']:>11,d} {model.algorithmic_latency_ms:>6.0f}ms "
-                  f"{min(runs):>10.4f}")
-    env = dict(torch=torch.__version__, python=platform.python_version(), cpu=platform.processor() or platform.machine(),
-               threads=args.threads, torchscript=args.torchscript, seconds=args.seconds)
+            rows.append(
+                dict(
+                    arch=arch,
+                    size=size,
+                    params=count_parameters(model),
+                    latency_ms=model.algorithmic_latency_ms,
+                    rtf=min(runs),
+                    rtf_runs=runs,
+                )
+            )
+            print(
+                f"{arch:10s} {size:4s} {rows[-1]['params']:>11,d} {model.algorithmic_latency_ms:>6.0f}ms "
+                f"{min(runs):>10.4f}"
+            )
+    env = dict(
+        torch=torch.__version__,
+        python=platform.python_version(),
+        cpu=platform.processor() or platform.machine(),
+        threads=args.threads,
+        torchscript=args.torchscript,
+        seconds=args.seconds,
+    )
     suffix = "_torchscript" if args.torchscript else ""
     out = Path(args.out_dir) / f"students_cpu-{os.cpu_count()}core{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

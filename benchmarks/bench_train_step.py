@@ -38,11 +38,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from asrkd.atomic import write_text  # noqa: E402
-from asrkd.kd.cache import TeacherCache, build_cache  # noqa: E402
 from asrkd.data import CharTokenizer, Utterance  # noqa: E402
+from asrkd.kd.cache import TeacherCache, build_cache  # noqa: E402
 from asrkd.kd.loss import DistillationLoss  # noqa: E402
-from asrkd.models.students import build_student, count_parameters  # noqa: E402
 from asrkd.models.acoustic import AcousticModel  # noqa: E402
+from asrkd.models.students import build_student, count_parameters  # noqa: E402
 
 TEACHER_RATE = 50.0
 
@@ -77,10 +77,14 @@ def _batch(n: int, seconds: float, folder: Path, tok) -> tuple[list[Utterance], 
         feats.append(torch.from_numpy(rng.standard_normal(((samples - 400) // 160 + 1, 80)).astype(np.float32)))
         texts.append(torch.tensor(tok.encode(text)))
     pad = torch.nn.utils.rnn.pad_sequence
-    batch = {"ids": [u.id for u in utts], "feats": pad(feats, batch_first=True),
-             "feat_lengths": torch.tensor([f.shape[0] for f in feats]),
-             "targets": pad(texts, batch_first=True), "target_lengths": torch.tensor([t.numel() for t in texts]),
-             "has_text": torch.ones(n, dtype=torch.bool)}
+    batch = {
+        "ids": [u.id for u in utts],
+        "feats": pad(feats, batch_first=True),
+        "feat_lengths": torch.tensor([f.shape[0] for f in feats]),
+        "targets": pad(texts, batch_first=True),
+        "target_lengths": torch.tensor([t.numel() for t in texts]),
+        "has_text": torch.ones(n, dtype=torch.bool),
+    }
     return utts, batch
 
 
@@ -101,8 +105,14 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device) -> list[flo
 def bench(device: torch.device, args, workdir: Path) -> dict:
     tok = CharTokenizer.english()
     utts, batch = _batch(args.batch, args.seconds, workdir, tok)
-    teacher = AcousticModel(_FixedLogits(len(tok)), vocab=tok.tokens, blank_id=0, frame_rate=TEACHER_RATE, frozen=True,
-                            spec="bench:fixed-logits")
+    teacher = AcousticModel(
+        _FixedLogits(len(tok)),
+        vocab=tok.tokens,
+        blank_id=0,
+        frame_rate=TEACHER_RATE,
+        frozen=True,
+        spec="bench:fixed-logits",
+    )
     caches = {}
     for kind, topk in (("dense", None), ("topk", args.topk)):
         out = workdir / f"cache-{kind}"
@@ -116,8 +126,14 @@ def bench(device: torch.device, args, workdir: Path) -> dict:
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     losses = {
         "ctc": DistillationLoss(ctc_weight=1.0, kd_weight=0.0, blank_id=0),
-        "kd": DistillationLoss(ctc_weight=1.0, kd_weight=1.0, temperature=args.temperature, blank_id=0,
-                               student_frame_rate=model.frame_rate, teacher_frame_rate=TEACHER_RATE),
+        "kd": DistillationLoss(
+            ctc_weight=1.0,
+            kd_weight=1.0,
+            temperature=args.temperature,
+            blank_id=0,
+            student_frame_rate=model.frame_rate,
+            teacher_frame_rate=TEACHER_RATE,
+        ),
     }
 
     def make_step(variant: str):
@@ -129,8 +145,14 @@ def bench(device: torch.device, args, workdir: Path) -> dict:
             teacher = cache.targets(on_dev["ids"], device) if cache is not None else None
             with amp if amp is not None else torch.autocast("cpu", enabled=False):
                 logits, lengths = model(on_dev["feats"], on_dev["feat_lengths"])
-            out = loss_fn(logits, lengths, on_dev["targets"], on_dev["target_lengths"], has_text=on_dev["has_text"],
-                          teacher=teacher)
+            out = loss_fn(
+                logits,
+                lengths,
+                on_dev["targets"],
+                on_dev["target_lengths"],
+                has_text=on_dev["has_text"],
+                teacher=teacher,
+            )
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
@@ -149,9 +171,14 @@ def bench(device: torch.device, args, workdir: Path) -> dict:
     return {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "student": f"{args.arch} {args.size}", "params": count_parameters(model),
-        "batch": args.batch, "audio_seconds": round(audio, 1), "teacher_rate": TEACHER_RATE,
-        "student_rate": model.frame_rate, "topk": args.topk, "temperature": args.temperature,
+        "student": f"{args.arch} {args.size}",
+        "params": count_parameters(model),
+        "batch": args.batch,
+        "audio_seconds": round(audio, 1),
+        "teacher_rate": TEACHER_RATE,
+        "student_rate": model.frame_rate,
+        "topk": args.topk,
+        "temperature": args.temperature,
         "amp": "bf16" if device.type == "cuda" else "off",
         "median_ms": {v: round(s * 1e3, 2) for v, s in med.items()},
         "ratio_vs_ctc": {v: round(med[v] / med["ctc"], 3) for v in variants if v != "ctc"},
@@ -192,10 +219,13 @@ def main(argv=None) -> int:
     for device in devices:
         with tempfile.TemporaryDirectory() as tmp:
             res = bench(device, args, Path(tmp))
-        res.update(torch=torch.__version__, date=_dt.datetime.now().isoformat(timespec="seconds"),
-                   command=" ".join(sys.argv))
-        print(f"{device_tag(device)}: {res['student']} ({res['params'] / 1e6:.2f} M), batch {res['batch']} "
-              f"({res['audio_seconds']} s audio), {res['threads']} threads")
+        res.update(
+            torch=torch.__version__, date=_dt.datetime.now().isoformat(timespec="seconds"), command=" ".join(sys.argv)
+        )
+        print(
+            f"{device_tag(device)}: {res['student']} ({res['params'] / 1e6:.2f} M), batch {res['batch']} "
+            f"({res['audio_seconds']} s audio), {res['threads']} threads"
+        )
         for v, ms in res["median_ms"].items():
             ratio = res["ratio_vs_ctc"].get(v)
             print(f"  {v:9s} {ms:9.1f} ms" + (f"   {ratio:.3f} x ctc (target <= 1.15)" if ratio else ""))

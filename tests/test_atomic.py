@@ -60,8 +60,10 @@ def test_stale_temporaries_of_killed_writers_are_removed(tmp_path):
     from asrkd.atomic import _HOST
 
     # A writer killed mid-write: its temporary (named after its pid) stays behind.
-    code = ("import os, sys, signal; from asrkd.atomic import atomic_write; "
-            "atomic_write(sys.argv[1], lambda f: (f.write(b'x' * 1000), f.flush(), os.kill(os.getpid(), signal.SIGKILL)))")
+    code = (
+        "import os, sys, signal; from asrkd.atomic import atomic_write; "
+        "atomic_write(sys.argv[1], lambda f: (f.write(b'x' * 1000), f.flush(), os.kill(os.getpid(), signal.SIGKILL)))"
+    )
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "ck.pt")], check=False)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert len(left) == 1 and left[0].startswith(f".ck.pt.{_HOST}-") and left[0].endswith(".tmp"), left
@@ -112,8 +114,12 @@ def test_refuse_overwrite_names_both(tmp_path, spelling):
 
     src = tmp_path / "m.jsonl"
     src.write_text("{}\n")
-    out = {"same": src, "dotted": tmp_path / "." / "m.jsonl", "symlink": tmp_path / "link.jsonl",
-           "hardlink": tmp_path / "hard.jsonl"}[spelling]
+    out = {
+        "same": src,
+        "dotted": tmp_path / "." / "m.jsonl",
+        "symlink": tmp_path / "link.jsonl",
+        "hardlink": tmp_path / "hard.jsonl",
+    }[spelling]
     if spelling == "symlink":
         out.symlink_to(src)
     elif spelling == "hardlink":

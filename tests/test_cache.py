@@ -51,8 +51,9 @@ def test_dense_cache_holds_the_teachers_log_probs(corpus, tmp_path):
     _root, manifest, spec = corpus
     teacher = load_teacher(spec)
     utts = load_manifest(manifest)
-    index = build_cache(teacher, utts, tmp_path / "c", shard_size=4, batch_seconds=3.0, num_workers=0,
-                        progress=False, log=_quiet)
+    index = build_cache(
+        teacher, utts, tmp_path / "c", shard_size=4, batch_seconds=3.0, num_workers=0, progress=False, log=_quiet
+    )
     assert index["complete"] and len(index["shards"]) == 3
     cache = TeacherCache.open(tmp_path / "c")
     assert cache.kind == "dense" and cache.vocab == teacher.vocab and cache.frame_rate == teacher.frame_rate
@@ -128,8 +129,14 @@ def test_key_refusal_says_which_part_differs(corpus, tmp_path):
     with pytest.raises(CacheKeyError, match=rf"manifest differs.*1 changed.*{changed[2].id}: duration"):
         build_cache(teacher, changed, out, num_workers=0, progress=False, log=_quiet)
     with pytest.raises(CacheKeyError, match="2 entries added"):
-        build_cache(teacher, utts + load_manifest(make_corpus(tmp_path, "more", 2, seed=5)), out, num_workers=0,
-                    progress=False, log=_quiet)
+        build_cache(
+            teacher,
+            utts + load_manifest(make_corpus(tmp_path, "more", 2, seed=5)),
+            out,
+            num_workers=0,
+            progress=False,
+            log=_quiet,
+        )
     # The cache is untouched by the refusals, and usable.
     cache = TeacherCache.open(out)
     assert cache.kind == "dense" and len(cache) == 11
@@ -204,8 +211,16 @@ def test_resume_keeps_finished_shards_and_redoes_the_partial_one(corpus, tmp_pat
 
     out = tmp_path / "resumed"
     with pytest.raises(RuntimeError, match="killed"):
-        build_cache(_DiesAfter(teacher, 4), utts, out, shard_size=3, batch_seconds=2.0, num_workers=0,
-                    progress=False, log=_quiet)
+        build_cache(
+            _DiesAfter(teacher, 4),
+            utts,
+            out,
+            shard_size=3,
+            batch_seconds=2.0,
+            num_workers=0,
+            progress=False,
+            log=_quiet,
+        )
     index = json.loads((out / "index.json").read_text())
     done = [s["file"] for s in index["shards"] if s["done"]]
     assert 0 < len(done) < len(index["shards"]) and not index["complete"]
@@ -217,14 +232,16 @@ def test_resume_keeps_finished_shards_and_redoes_the_partial_one(corpus, tmp_pat
 
     from asrkd.atomic import _HOST
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True,
-                          text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], check=True, capture_output=True, text=True
+    )
     # what a kill mid-write leaves: a temporary named after a writer that is gone
     (out / f".shard-00003.pt.{_HOST}-{int(dead.stdout)}-abcd1234.tmp").write_bytes(b"half a shard")
     time.sleep(0.01)
     messages = []
-    build_cache(teacher, utts, out, shard_size=99, batch_seconds=2.0, num_workers=0, progress=False,
-                log=messages.append)
+    build_cache(
+        teacher, utts, out, shard_size=99, batch_seconds=2.0, num_workers=0, progress=False, log=messages.append
+    )
     assert any(f"{len(done)} of {len(index['shards'])} shards done" in m for m in messages)
     assert {f: (out / f).stat().st_mtime_ns for f in done} == kept  # finished shards not redone
     assert not list(out.glob(".*.tmp"))
@@ -240,8 +257,22 @@ def test_bad_audio_is_skipped_and_counted(tmp_path, capsys):
     from asrkd.cli import main
 
     out = tmp_path / "c"
-    args = ["cache-teacher", "--teacher", spec, "--manifest", str(manifest), "--out", str(out), "--num-workers", "0",
-            "--shard-size", "2", "--quiet", "--report", str(tmp_path / "rej.jsonl")]
+    args = [
+        "cache-teacher",
+        "--teacher",
+        spec,
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--num-workers",
+        "0",
+        "--shard-size",
+        "2",
+        "--quiet",
+        "--report",
+        str(tmp_path / "rej.jsonl"),
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "missing_file" in printed and "unreadable" in printed and "cached 4 utterances" in printed
@@ -269,7 +300,7 @@ def _flip(path: Path, count: int = 64) -> None:
     """Invert ``count`` bytes in the middle of a file, keeping its size (silent corruption)."""
     raw = bytearray(path.read_bytes())
     mid = len(raw) // 2
-    raw[mid:mid + count] = bytes(b ^ 0xFF for b in raw[mid:mid + count])
+    raw[mid : mid + count] = bytes(b ^ 0xFF for b in raw[mid : mid + count])
     path.write_bytes(bytes(raw))
 
 
@@ -331,7 +362,9 @@ def test_truncated_deleted_and_swapped_shards_are_named_and_redone(corpus, clean
         TeacherCache.open(out)
     msg = str(err.value)
     assert "3 of 3 shards" in msg and "cache-teacher" in msg
-    assert re.search(r"shard-00000\.pt \(missing", msg) and re.search(r"shard-00001\.pt \(size \d+ bytes, expected", msg)
+    assert re.search(r"shard-00000\.pt \(missing", msg) and re.search(
+        r"shard-00001\.pt \(size \d+ bytes, expected", msg
+    )
     assert re.search(r"shard-00002\.pt \(size|shard-00002\.pt \(content hash", msg)
     messages = []
     _build(teacher, utts, out, log=messages.append)
@@ -352,7 +385,9 @@ def test_a_shard_holding_other_ids_is_refused(corpus, tmp_path):
     vouched = json.loads(json.dumps(index))
     vouched["shards"][1].update(size=index["shards"][0]["size"], sha256=index["shards"][0]["sha256"])
     (out / "index.json").write_text(json.dumps(vouched))
-    with pytest.raises(CacheIntegrityError, match=r"shard-00001\.pt \(holds utterances .* not the ones .*cache-teacher"):
+    with pytest.raises(
+        CacheIntegrityError, match=r"shard-00001\.pt \(holds utterances .* not the ones .*cache-teacher"
+    ):
         TeacherCache.open(out)
 
     (out / "shard-00001.pt").write_bytes(good)
@@ -389,10 +424,27 @@ def _whisper_teacher(path: Path) -> str:
 
     tok = CharTokenizer.build(["abcde"])
     torch.manual_seed(0)
-    model = WhisperCTC(len(tok), n_mels=80, n_ctx=200, n_state=8, n_head=2, n_layer=1, head_layers=1, head_hidden=8,
-                       head_kernel=3, head_dropout=0.0)
-    save_checkpoint(path, {"arch": "whisper_ctc", "model_kwargs": model.model_kwargs, "model": model.state_dict(),
-                           "tokenizer": tok.to_dict()})
+    model = WhisperCTC(
+        len(tok),
+        n_mels=80,
+        n_ctx=200,
+        n_state=8,
+        n_head=2,
+        n_layer=1,
+        head_layers=1,
+        head_hidden=8,
+        head_kernel=3,
+        head_dropout=0.0,
+    )
+    save_checkpoint(
+        path,
+        {
+            "arch": "whisper_ctc",
+            "model_kwargs": model.model_kwargs,
+            "model": model.state_dict(),
+            "tokenizer": tok.to_dict(),
+        },
+    )
     return f"asrkd:{path}"
 
 
@@ -407,8 +459,20 @@ def test_a_clip_too_short_for_the_whisper_front_end_is_a_reject(tmp_path, capsys
     with manifest.open("a") as f:
         f.write(json.dumps({"id": "utts-short", "audio": str(short), "duration": 200 / 16000, "text": "a"}) + "\n")
     out = tmp_path / "c"
-    args = ["cache-teacher", "--teacher", _whisper_teacher(tmp_path / "w.pt"), "--manifest", str(manifest),
-            "--out", str(out), "--num-workers", "0", "--quiet", "--batch-seconds", "100"]
+    args = [
+        "cache-teacher",
+        "--teacher",
+        _whisper_teacher(tmp_path / "w.pt"),
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--num-workers",
+        "0",
+        "--quiet",
+        "--batch-seconds",
+        "100",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "cached 3 utterances" in printed and "too_short" in printed
@@ -424,11 +488,23 @@ def test_training_refuses_a_cache_with_an_altered_shard(tmp_path):
 
     manifest = make_corpus(tmp_path, "train", 6, seed=0)
     spec = make_teacher(tmp_path / "teacher.pt")
-    build_cache(load_teacher(spec), load_manifest(manifest), tmp_path / "cache", shard_size=3, num_workers=0,
-                progress=False, log=_quiet)
+    build_cache(
+        load_teacher(spec),
+        load_manifest(manifest),
+        tmp_path / "cache",
+        shard_size=3,
+        num_workers=0,
+        progress=False,
+        log=_quiet,
+    )
     _flip(tmp_path / "cache" / "shard-00001.pt")
-    cfg = base_config(tmp_path, manifest, teacher={"cache": str(tmp_path / "cache")}, loss={"kd_weight": 1.0},
-                      train={"epochs": 1, "max_steps": 1})
+    cfg = base_config(
+        tmp_path,
+        manifest,
+        teacher={"cache": str(tmp_path / "cache")},
+        loss={"kd_weight": 1.0},
+        train={"epochs": 1, "max_steps": 1},
+    )
     with pytest.raises(TrainingError, match=r"shard-00001\.pt \(content hash differs.*`asrkd cache-teacher`"):
         train(cfg)
     assert not (tmp_path / "exp" / "last.pt").exists()
@@ -454,8 +530,11 @@ def test_shard_file_names_in_the_index_are_never_used(corpus, clean, tmp_path, w
     victim.write_text("precious")
     name = str(victim) if where == "absolute" else "../victim.txt"
     _edit_index(out, lambda d: d["shards"][1].update(file=name))
-    with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(out / 'index.json'))}.*shard-00001\.pt.*"
-                                                  rf"{re.escape(repr(name))}"):
+    with pytest.raises(
+        CacheIntegrityError,
+        match=rf"{re.escape(str(out / 'index.json'))}.*shard-00001\.pt.*"
+        rf"{re.escape(repr(name))}",
+    ):
         TeacherCache.open(out)
     messages = []
     _build(teacher, utts, out, log=messages.append)
@@ -511,15 +590,19 @@ def _entry_key(d):
     d["entries"]["utts-006"]["key"] = "0" * 64
 
 
-@pytest.mark.parametrize("edit, shard, why", [
-    (_frames_plus_one, 0, "frame counts or offsets that differ from the index"),
-    (_shard_seven, 0, r"'utts-002'.*shard 7.*out of range"),
-    (_renamed_id, 1, "utts-XXX"),
-    (_id_in_two_shards, 2, r"'utts-005'.*also in shard 1"),
-    (_negative_frames, 2, r"'utts-009'.*frames -3"),
-    (_frames_not_int, 2, r"'utts-009'.*frames '12'"),
-    (_entry_key, 1, None),  # only cache-teacher, which has the manifest, can tell: no open() check
-], ids=["frames", "shard7", "renamed-id", "two-shards", "negative-frames", "frames-str", "entry-key"])
+@pytest.mark.parametrize(
+    "edit, shard, why",
+    [
+        (_frames_plus_one, 0, "frame counts or offsets that differ from the index"),
+        (_shard_seven, 0, r"'utts-002'.*shard 7.*out of range"),
+        (_renamed_id, 1, "utts-XXX"),
+        (_id_in_two_shards, 2, r"'utts-005'.*also in shard 1"),
+        (_negative_frames, 2, r"'utts-009'.*frames -3"),
+        (_frames_not_int, 2, r"'utts-009'.*frames '12'"),
+        (_entry_key, 1, None),  # only cache-teacher, which has the manifest, can tell: no open() check
+    ],
+    ids=["frames", "shard7", "renamed-id", "two-shards", "negative-frames", "frames-str", "entry-key"],
+)
 def test_an_inconsistent_index_is_refused_up_front_and_recomputed(corpus, clean, tmp_path, edit, shard, why):
     """r03: an index that disagrees with itself or its shards is refused by open() (so training never
     fails midway) and cache-teacher recomputes the affected shard instead of saying "nothing to do"."""
@@ -549,12 +632,25 @@ def test_training_refuses_an_inconsistent_index_before_its_first_step(tmp_path):
 
     manifest = make_corpus(tmp_path, "train", 6, seed=0)
     spec = make_teacher(tmp_path / "teacher.pt")
-    build_cache(load_teacher(spec), load_manifest(manifest), tmp_path / "cache", shard_size=3, num_workers=0,
-                progress=False, log=_quiet)
-    _edit_index(tmp_path / "cache", lambda d: d["entries"]["train-004"].update(frames=d["entries"]["train-004"]
-                                                                                ["frames"] + 1))
-    cfg = base_config(tmp_path, manifest, teacher={"cache": str(tmp_path / "cache")}, loss={"kd_weight": 1.0},
-                      train={"epochs": 1, "max_steps": 1})
+    build_cache(
+        load_teacher(spec),
+        load_manifest(manifest),
+        tmp_path / "cache",
+        shard_size=3,
+        num_workers=0,
+        progress=False,
+        log=_quiet,
+    )
+    _edit_index(
+        tmp_path / "cache", lambda d: d["entries"]["train-004"].update(frames=d["entries"]["train-004"]["frames"] + 1)
+    )
+    cfg = base_config(
+        tmp_path,
+        manifest,
+        teacher={"cache": str(tmp_path / "cache")},
+        loss={"kd_weight": 1.0},
+        train={"epochs": 1, "max_steps": 1},
+    )
     with pytest.raises(TrainingError, match=r"shard-00001\.pt \(has frame counts.*`asrkd cache-teacher`"):
         train(cfg)
     assert not (tmp_path / "exp" / "last.pt").exists()
@@ -565,13 +661,17 @@ def _swap_vocab(d):
     v[3], v[4] = v[4], v[3]
 
 
-@pytest.mark.parametrize("edit, part", [
-    (_swap_vocab, "teacher vocabulary"),
-    (lambda d: d["teacher"].update(blank_id=1), "teacher blank id"),
-    (lambda d: d["teacher"].update(frame_rate=50.0), "teacher frame rate"),
-    (lambda d: d["settings"].update(sample_rate=8000), "settings"),
-    (lambda d: d["manifest"].update(hash="0" * 64), "manifest hash"),
-], ids=["vocab", "blank", "frame-rate", "settings", "manifest"])
+@pytest.mark.parametrize(
+    "edit, part",
+    [
+        (_swap_vocab, "teacher vocabulary"),
+        (lambda d: d["teacher"].update(blank_id=1), "teacher blank id"),
+        (lambda d: d["teacher"].update(frame_rate=50.0), "teacher frame rate"),
+        (lambda d: d["settings"].update(sample_rate=8000), "settings"),
+        (lambda d: d["manifest"].update(hash="0" * 64), "manifest hash"),
+    ],
+    ids=["vocab", "blank", "frame-rate", "settings", "manifest"],
+)
 def test_an_index_whose_parts_no_longer_match_its_key_is_refused(corpus, clean, tmp_path, edit, part):
     """r04: the key is recomputed from the parts the index stores; an edited part is caught."""
     _root, manifest, spec = corpus
@@ -579,27 +679,36 @@ def test_an_index_whose_parts_no_longer_match_its_key_is_refused(corpus, clean, 
     out = tmp_path / "c"
     _build(teacher, utts, out)
     _edit_index(out, edit)
-    with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(out / 'index.json'))} was edited.*no longer "
-                                                  "match.*key.*cache-teacher"):
+    with pytest.raises(
+        CacheIntegrityError,
+        match=rf"{re.escape(str(out / 'index.json'))} was edited.*no longer "
+        "match.*key.*cache-teacher",
+    ):
         TeacherCache.open(out)
     messages = []
     _build(teacher, utts, out, log=messages.append)
-    assert any(f"index.json was edited: its {part} no longer match" in m and "recomputing the whole cache" in m
-               for m in messages), messages
+    assert any(
+        f"index.json was edited: its {part} no longer match" in m and "recomputing the whole cache" in m
+        for m in messages
+    ), messages
     cache = TeacherCache.open(out)
     assert cache.vocab == teacher.vocab and cache.blank_id == teacher.blank_id
     assert cache.frame_rate == teacher.frame_rate
     _same_as_clean(out, clean, utts)
 
 
-@pytest.mark.parametrize("edit, problem", [
-    (lambda d: d.pop("key"), "no 'key'"),
-    (lambda d: d.update(shards=None), "'shards' is null"),
-    (lambda d: d.update(entries=[]), "'entries' is a list"),
-    (lambda d: d.update(teacher="t"), "'teacher' is a string"),
-    (lambda d: d["shards"].__setitem__(1, None), "index.json: its record is null"),
-    (lambda d: d["teacher"].pop("vocab"), "'teacher' has no 'vocab'"),
-], ids=["no-key", "shards-null", "entries-list", "teacher-str", "shard-null", "no-vocab"])
+@pytest.mark.parametrize(
+    "edit, problem",
+    [
+        (lambda d: d.pop("key"), "no 'key'"),
+        (lambda d: d.update(shards=None), "'shards' is null"),
+        (lambda d: d.update(entries=[]), "'entries' is a list"),
+        (lambda d: d.update(teacher="t"), "'teacher' is a string"),
+        (lambda d: d["shards"].__setitem__(1, None), "index.json: its record is null"),
+        (lambda d: d["teacher"].pop("vocab"), "'teacher' has no 'vocab'"),
+    ],
+    ids=["no-key", "shards-null", "entries-list", "teacher-str", "shard-null", "no-vocab"],
+)
 def test_an_unusable_index_is_named_and_the_cache_recomputed(corpus, clean, tmp_path, capsys, edit, problem):
     """Item 4: the index's path and what is wrong with it, never a bare KeyError / TypeError."""
     from asrkd.cli import main
@@ -611,8 +720,22 @@ def test_an_unusable_index_is_named_and_the_cache_recomputed(corpus, clean, tmp_
     _edit_index(out, edit)
     with pytest.raises(CacheIntegrityError, match=rf"{re.escape(str(out / 'index.json'))}.*{re.escape(problem)}"):
         TeacherCache.open(out)
-    args = ["cache-teacher", "--teacher", spec, "--manifest", str(manifest), "--out", str(out), "--num-workers", "0",
-            "--shard-size", "4", "--batch-seconds", "3", "--quiet"]
+    args = [
+        "cache-teacher",
+        "--teacher",
+        spec,
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--num-workers",
+        "0",
+        "--shard-size",
+        "4",
+        "--batch-seconds",
+        "3",
+        "--quiet",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "index.json" in printed and problem in printed and "recomputing" in printed, printed

@@ -28,8 +28,12 @@ torch.set_num_threads(1)
 
 
 def _wav(path, seconds, rate=16000, seed=0):
-    sf.write(path, (0.1 * np.random.RandomState(seed).randn(round(seconds * rate))).astype(np.float32), rate,
-             subtype="PCM_16")
+    sf.write(
+        path,
+        (0.1 * np.random.RandomState(seed).randn(round(seconds * rate))).astype(np.float32),
+        rate,
+        subtype="PCM_16",
+    )
     return str(path)
 
 

@@ -26,24 +26,40 @@ def _wav(path, seconds, seed=0, nan=False):
 
 def _corpus(tmp_path):
     """A manifest with good items and every kind of bad one, as JSONL (as the trainer reads it)."""
-    good = [{"id": f"g{i}", "audio": _wav(tmp_path / f"g{i}.wav", 1.0 + 0.25 * i, i), "duration": 1.0 + 0.25 * i,
-             "text": "hello world"} for i in range(6)]
+    good = [
+        {
+            "id": f"g{i}",
+            "audio": _wav(tmp_path / f"g{i}.wav", 1.0 + 0.25 * i, i),
+            "duration": 1.0 + 0.25 * i,
+            "text": "hello world",
+        }
+        for i in range(6)
+    ]
     unl = {"id": "unl", "audio": _wav(tmp_path / "unl.wav", 1.2, 9), "duration": 1.2}
     (tmp_path / "junk.wav").write_text("not audio")
-    rows = good + [unl,
-                   {"id": "missing", "audio": str(tmp_path / "nope.wav"), "duration": 1.0, "text": "a"},
-                   {"id": "junk", "audio": str(tmp_path / "junk.wav"), "duration": 1.0, "text": "a"},
-                   {"id": "nan", "audio": _wav(tmp_path / "nan.wav", 1.0, nan=True), "duration": 1.0, "text": "a"},
-                   {"id": "oov", "audio": good[0]["audio"], "duration": 1.0, "text": "stra\u00dfe"},
-                   {"id": "empty", "audio": good[0]["audio"], "duration": 1.0, "text": "  "},
-                   {"id": "short", "audio": _wav(tmp_path / "short.wav", 0.3), "duration": 0.3,
-                    "text": "far too long a transcript"},
-                   # the manifest claims 2 s, the file holds 0.3 s (cut after prepare): caught when loaded
-                   {"id": "cut", "audio": str(tmp_path / "short.wav"), "duration": 2.0,
-                    "text": "far too long a transcript"},
-                   # 24 labels fit 1.0 s (24 frames after 4x) but not the 0.96 s the file holds
-                   {"id": "tight", "audio": _wav(tmp_path / "tight.wav", 0.96), "duration": 1.0,
-                    "text": "abcdefghijklmnopqrstuvwx"}]
+    rows = good + [
+        unl,
+        {"id": "missing", "audio": str(tmp_path / "nope.wav"), "duration": 1.0, "text": "a"},
+        {"id": "junk", "audio": str(tmp_path / "junk.wav"), "duration": 1.0, "text": "a"},
+        {"id": "nan", "audio": _wav(tmp_path / "nan.wav", 1.0, nan=True), "duration": 1.0, "text": "a"},
+        {"id": "oov", "audio": good[0]["audio"], "duration": 1.0, "text": "stra\u00dfe"},
+        {"id": "empty", "audio": good[0]["audio"], "duration": 1.0, "text": "  "},
+        {
+            "id": "short",
+            "audio": _wav(tmp_path / "short.wav", 0.3),
+            "duration": 0.3,
+            "text": "far too long a transcript",
+        },
+        # the manifest claims 2 s, the file holds 0.3 s (cut after prepare): caught when loaded
+        {"id": "cut", "audio": str(tmp_path / "short.wav"), "duration": 2.0, "text": "far too long a transcript"},
+        # 24 labels fit 1.0 s (24 frames after 4x) but not the 0.96 s the file holds
+        {
+            "id": "tight",
+            "audio": _wav(tmp_path / "tight.wav", 0.96),
+            "duration": 1.0,
+            "text": "abcdefghijklmnopqrstuvwx",
+        },
+    ]
     path = tmp_path / "m.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
     return path
@@ -52,8 +68,14 @@ def _corpus(tmp_path):
 def _dataset(tmp_path, **kw):
     rejects = Rejects()
     utts = load_manifest(_corpus(tmp_path), rejects)
-    ds = ASRDataset(utts, CharTokenizer.english(), FeaturePipeline(FeatureConfig(), GlobalCMVN.identity()),
-                    subsampling=4, rejects=rejects, **kw)
+    ds = ASRDataset(
+        utts,
+        CharTokenizer.english(),
+        FeaturePipeline(FeatureConfig(), GlobalCMVN.identity()),
+        subsampling=4,
+        rejects=rejects,
+        **kw,
+    )
     return ds, rejects
 
 
@@ -67,8 +89,13 @@ def test_manifest_level_checks_are_counted(tmp_path):
 def test_items_and_load_time_rejects(tmp_path):
     ds, _ = _dataset(tmp_path)
     items = {ds.ids[i]: ds[i] for i in range(len(ds))}
-    for uid, kind in [("missing", "missing_file"), ("junk", "unreadable"), ("nan", "nan_audio"),
-                      ("cut", "duration_mismatch"), ("tight", "too_short_for_ctc")]:
+    for uid, kind in [
+        ("missing", "missing_file"),
+        ("junk", "unreadable"),
+        ("nan", "nan_audio"),
+        ("cut", "duration_mismatch"),
+        ("tight", "too_short_for_ctc"),
+    ]:
         assert isinstance(items[uid], RejectRecord) and items[uid].kind == kind, uid
         assert uid in items[uid].reason
     g = items["g4"]

@@ -6,8 +6,18 @@ import soundfile as sf
 import torch
 
 from asrkd.data.audio import AudioError, audio_info, load_audio
-from asrkd.data.features import (FeatureConfig, FeaturePipeline, GlobalCMVN, LogMel, SpecAugment, compute_cmvn,
-                                 ctc_min_frames, fits_ctc, frames_after_subsampling, speed_perturbation)
+from asrkd.data.features import (
+    FeatureConfig,
+    FeaturePipeline,
+    GlobalCMVN,
+    LogMel,
+    SpecAugment,
+    compute_cmvn,
+    ctc_min_frames,
+    fits_ctc,
+    frames_after_subsampling,
+    speed_perturbation,
+)
 from asrkd.data.manifest import Utterance
 from asrkd.data.rejects import Rejects
 
@@ -61,10 +71,17 @@ def _bad_files(tmp_path):
     sf.write(tmp_path / "inf.wav", x, 16000, subtype="FLOAT")
 
 
-@pytest.mark.parametrize("name,kind", [
-    ("nope.wav", "missing_file"), ("text.wav", "unreadable"), ("trunc.flac", "truncated"),
-    ("empty.wav", "empty_audio"), ("nan.wav", "nan_audio"), ("inf.wav", "nan_audio"),
-])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        ("nope.wav", "missing_file"),
+        ("text.wav", "unreadable"),
+        ("trunc.flac", "truncated"),
+        ("empty.wav", "empty_audio"),
+        ("nan.wav", "nan_audio"),
+        ("inf.wav", "nan_audio"),
+    ],
+)
 def test_load_audio_errors(tmp_path, name, kind):
     _bad_files(tmp_path)
     with pytest.raises(AudioError) as err:
@@ -125,8 +142,12 @@ def test_feature_config_round_trip():
 def test_cmvn_normalises_and_round_trips(tmp_path):
     utts = []
     for i in range(3):
-        sf.write(tmp_path / f"{i}.wav", _tone(1.0, freq=200 + 150 * i) + 0.01 * np.random.RandomState(i)
-                 .randn(16000).astype(np.float32), 16000, subtype="PCM_16")
+        sf.write(
+            tmp_path / f"{i}.wav",
+            _tone(1.0, freq=200 + 150 * i) + 0.01 * np.random.RandomState(i).randn(16000).astype(np.float32),
+            16000,
+            subtype="PCM_16",
+        )
         utts.append(Utterance(f"u{i}", str(tmp_path / f"{i}.wav"), 1.0))
     utts.append(Utterance("gone", str(tmp_path / "gone.wav"), 1.0))
     rejects = Rejects()

@@ -46,52 +46,72 @@ def _kaldi_dir(tmp_path):
     (a / "notaudio.wav").write_text("hello")
     d = tmp_path / "data"
     d.mkdir()
-    (d / "wav.scp").write_text("\n".join([
-        f"rec1 {a}/rec1.wav",
-        f"rec2 {a}/rec2.flac",
-        f"recpipe cat {a}/whole.wav |",
-        f"recbadpipe false |",
-        f"recnan {a}/nan.wav",
-        f"rectrunc {a}/trunc.flac",
-        f"recempty {a}/empty.wav",
-        f"recjunk {a}/notaudio.wav",
-        f"recmissing {a}/missing.wav",
-        "recark raw.ark:1234",
-        "lonely",
-    ]) + "\n")
-    (d / "segments").write_text("\n".join([
-        "s1 rec1 0.00 2.50",
-        "s2 rec1 2.50 5.90",
-        "s3 rec2 0 -1",         # -1: to the end of the recording
-        "s4 rec1 5.00 9.00",    # past the end
-        "s5 recpipe 0.5 1.5",
-        "s6 recbadpipe 0 1",
-        "s7 recnan 0 1",
-        "s8 rectrunc 0 1",
-        "s9 recempty 0 1",
-        "s10 recjunk 0 1",
-        "s11 recmissing 0 1",
-        "s12 nosuchrec 0 1",
-        "s13 rec1 two three",
-        "s14 rec1 3.0 2.0",
-        "s15 rec1 0 0.3",       # too short for its text
-        "s16 rec1 0 1",         # OOV text
-        "s17 rec1 1 2",         # empty text
-        "s18 rec1 2 3",         # no text line: unlabelled
-    ]) + "\n")
-    (d / "text").write_text("\n".join([
-        "s1 HELLO, WORLD!",
-        "s2 it's 42 o'clock",
-        "s3 the third one",
-        "s4 out of range",
-        "s5 from a pipe",
-        "s6 x", "s7 x", "s8 x", "s9 x", "s10 x", "s11 x",
-        "s15 this transcript is much too long for a third of a second",
-        "s16 stra\u00dfe",
-        "s17",
-        "s2 a second line for s2",
-        "ghost text without audio",
-    ]) + "\n")
+    (d / "wav.scp").write_text(
+        "\n".join(
+            [
+                f"rec1 {a}/rec1.wav",
+                f"rec2 {a}/rec2.flac",
+                f"recpipe cat {a}/whole.wav |",
+                "recbadpipe false |",
+                f"recnan {a}/nan.wav",
+                f"rectrunc {a}/trunc.flac",
+                f"recempty {a}/empty.wav",
+                f"recjunk {a}/notaudio.wav",
+                f"recmissing {a}/missing.wav",
+                "recark raw.ark:1234",
+                "lonely",
+            ]
+        )
+        + "\n"
+    )
+    (d / "segments").write_text(
+        "\n".join(
+            [
+                "s1 rec1 0.00 2.50",
+                "s2 rec1 2.50 5.90",
+                "s3 rec2 0 -1",  # -1: to the end of the recording
+                "s4 rec1 5.00 9.00",  # past the end
+                "s5 recpipe 0.5 1.5",
+                "s6 recbadpipe 0 1",
+                "s7 recnan 0 1",
+                "s8 rectrunc 0 1",
+                "s9 recempty 0 1",
+                "s10 recjunk 0 1",
+                "s11 recmissing 0 1",
+                "s12 nosuchrec 0 1",
+                "s13 rec1 two three",
+                "s14 rec1 3.0 2.0",
+                "s15 rec1 0 0.3",  # too short for its text
+                "s16 rec1 0 1",  # OOV text
+                "s17 rec1 1 2",  # empty text
+                "s18 rec1 2 3",  # no text line: unlabelled
+            ]
+        )
+        + "\n"
+    )
+    (d / "text").write_text(
+        "\n".join(
+            [
+                "s1 HELLO, WORLD!",
+                "s2 it's 42 o'clock",
+                "s3 the third one",
+                "s4 out of range",
+                "s5 from a pipe",
+                "s6 x",
+                "s7 x",
+                "s8 x",
+                "s9 x",
+                "s10 x",
+                "s11 x",
+                "s15 this transcript is much too long for a third of a second",
+                "s16 stra\u00dfe",
+                "s17",
+                "s2 a second line for s2",
+                "ghost text without audio",
+            ]
+        )
+        + "\n"
+    )
     (d / "utt2spk").write_text("s1 spkA\ns2 spkA\ns3 spkB\n")
     return d
 
@@ -99,8 +119,9 @@ def _kaldi_dir(tmp_path):
 def test_kaldi_with_segments(tmp_path):
     d = _kaldi_dir(tmp_path)
     rejects = Rejects()
-    utts = import_kaldi(d, rejects, _options(), jobs=2, pipe_dir=tmp_path / "piped", progress=False,
-                        allow_commands=True)
+    utts = import_kaldi(
+        d, rejects, _options(), jobs=2, pipe_dir=tmp_path / "piped", progress=False, allow_commands=True
+    )
     by_id = {u.id: u for u in utts}
     assert sorted(by_id) == ["s1", "s18", "s2", "s3", "s5"]
     s1, s2, s3, s5 = by_id["s1"], by_id["s2"], by_id["s3"], by_id["s5"]
@@ -112,12 +133,20 @@ def test_kaldi_with_segments(tmp_path):
     assert s5.audio == str(tmp_path / "piped" / "recpipe.flac") and (s5.offset, s5.duration) == (0.5, 1.0)
     assert sf.info(s5.audio).frames == 32000
     assert rejects.counts() == {
-        "malformed_line": 3,   # wav.scp "lonely", segments s13 (not numbers) and s14 (end < start)
-        "duplicate_id": 1,     # second text line for s2 (the first is kept)
-        "missing_file": 2,     # s11 file missing, s12 recording not in wav.scp
-        "unreadable": 1, "truncated": 1, "empty_audio": 1, "nan_audio": 1,
-        "out_of_range": 1, "unsupported": 1, "pipe_failed": 1, "orphan_text": 1,
-        "empty_text": 1, "oov_chars": 1, "too_short_for_ctc": 1,
+        "malformed_line": 3,  # wav.scp "lonely", segments s13 (not numbers) and s14 (end < start)
+        "duplicate_id": 1,  # second text line for s2 (the first is kept)
+        "missing_file": 2,  # s11 file missing, s12 recording not in wav.scp
+        "unreadable": 1,
+        "truncated": 1,
+        "empty_audio": 1,
+        "nan_audio": 1,
+        "out_of_range": 1,
+        "unsupported": 1,
+        "pipe_failed": 1,
+        "orphan_text": 1,
+        "empty_text": 1,
+        "oov_chars": 1,
+        "too_short_for_ctc": 1,
     }
     kinds = {r.id: r.kind for r in rejects}
     assert kinds["s4"] == "out_of_range" and kinds["s6"] == "pipe_failed" and kinds["s7"] == "nan_audio"
@@ -138,7 +167,10 @@ def test_kaldi_without_segments_and_missing_wav_scp(tmp_path):
     (d / "text").write_text("u1 one two\n")
     rejects = Rejects()
     utts = import_kaldi(d, rejects, _options(), progress=False)
-    assert [(u.id, u.offset, u.duration, u.text) for u in utts] == [("u1", None, 1.5, "one two"), ("u2", None, 1.0, None)]
+    assert [(u.id, u.offset, u.duration, u.text) for u in utts] == [
+        ("u1", None, 1.5, "one two"),
+        ("u2", None, 1.0, None),
+    ]
     assert len(rejects) == 0
     assert cli(["prepare", "kaldi", str(tmp_path / "nothing"), str(tmp_path / "o.jsonl"), "--quiet"]) == 1
 
@@ -160,8 +192,14 @@ def test_librispeech_tree(tmp_path):
     rejects = Rejects()
     utts = import_librispeech(tmp_path / "LibriSpeech", rejects, _options(), progress=False)
     by_id = {u.id: u for u in utts}
-    assert sorted(by_id) == ["174-50561-0000", "174-50561-0001", "84-121123-0000", "84-121123-0001",
-                             "84-121123-0002", "84-121123-0050"]
+    assert sorted(by_id) == [
+        "174-50561-0000",
+        "174-50561-0001",
+        "84-121123-0000",
+        "84-121123-0001",
+        "84-121123-0002",
+        "84-121123-0050",
+    ]
     u = by_id["84-121123-0002"]
     assert (u.text, u.speaker, u.duration, u.offset) == ("some words number two", "84", 3.0, None)
     assert by_id["84-121123-0050"].text is None
@@ -175,7 +213,7 @@ def _folder(tmp_path):
     (src / "a.txt").write_text("Alpha beta.\n")
     _audio(src / "spk1" / "b.flac", 1.5)
     (src / "spk1" / "b.txt").write_text("gamma\ndelta\n")
-    _audio(src / "spk1" / "c d.ogg", 0.8, fmt="OGG", subtype="VORBIS")          # no .txt: unlabelled
+    _audio(src / "spk1" / "c d.ogg", 0.8, fmt="OGG", subtype="VORBIS")  # no .txt: unlabelled
     _truncate(_audio(src / "spk2" / "t.flac", 2.0))
     (src / "spk2" / "t.txt").write_text("truncated")
     (src / "spk2" / "junk.wav").write_text("not audio at all")
@@ -201,8 +239,14 @@ def test_folder_layout(tmp_path):
     assert (by_id["spk1/b"].text, by_id["spk1/b"].speaker, by_id["spk1/b"].duration) == ("gamma delta", "spk1", 1.5)
     assert by_id[C_D].text is None
     assert by_id["spk2/dup"].audio.endswith("dup.flac")  # sorted: .flac before .wav, the .wav is the duplicate
-    assert rejects.counts() == {"duplicate_id": 1, "unreadable": 1, "truncated": 1, "nan_audio": 1,
-                                "orphan_text": 1, "empty_text": 1}
+    assert rejects.counts() == {
+        "duplicate_id": 1,
+        "unreadable": 1,
+        "truncated": 1,
+        "nan_audio": 1,
+        "orphan_text": 1,
+        "empty_text": 1,
+    }
 
 
 def test_prepare_cli_report_summary_and_strict(tmp_path, capsys):
@@ -339,8 +383,9 @@ def test_prepare_refuses_outputs_over_audio_listed_outside_the_source(tmp_path, 
     (tmp_path / "link").symlink_to(tmp_path / "audio")
     (tmp_path / "audio" / "x.txt").write_text("one\n")
     with pytest.raises(ValueError, match="x.txt"):
-        import_folder(tmp_path / "audio", Rejects(), _options(), progress=False,
-                      outputs={"OUT": tmp_path / "link" / "x.txt"})
+        import_folder(
+            tmp_path / "audio", Rejects(), _options(), progress=False, outputs={"OUT": tmp_path / "link" / "x.txt"}
+        )
 
 
 def test_prepare_refuses_a_pipe_output_that_another_entry_lists_as_its_audio(tmp_path, capsys):
@@ -360,8 +405,10 @@ def test_prepare_refuses_a_pipe_output_that_another_entry_lists_as_its_audio(tmp
         import_kaldi(k, Rejects(), _options(), pipe_dir=pd, allow_commands=True, progress=False)
     assert not listed.exists()
     # a pipe dir elsewhere is fine
-    assert cli(["prepare", "kaldi", str(k), str(out), "--pipe-dir", str(tmp_path / "pd2"), "--allow-commands",
-                "--quiet"]) == 0
+    assert (
+        cli(["prepare", "kaldi", str(k), str(out), "--pipe-dir", str(tmp_path / "pd2"), "--allow-commands", "--quiet"])
+        == 0
+    )
     assert {u.id for u in load_manifest(out)} == {"b"}  # a: missing_file
 
 

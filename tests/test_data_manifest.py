@@ -5,8 +5,16 @@ import pickle
 
 import pytest
 
-from asrkd.data.manifest import (ManifestError, Utterance, filter_by_duration, load_manifest, manifest_stats,
-                                 merge_manifests, save_manifest, split_manifest)
+from asrkd.data.manifest import (
+    ManifestError,
+    Utterance,
+    filter_by_duration,
+    load_manifest,
+    manifest_stats,
+    merge_manifests,
+    save_manifest,
+    split_manifest,
+)
 from asrkd.data.rejects import KINDS, Rejects
 
 
@@ -17,8 +25,7 @@ def _utt(i, **kw):
 
 
 def test_round_trip_keeps_every_field(tmp_path):
-    utts = [_utt(0, text="hello world", speaker="s1"), _utt(1), _utt(2, offset=3.25, text="x",
-                                                                    extra={"lang": "en"})]
+    utts = [_utt(0, text="hello world", speaker="s1"), _utt(1), _utt(2, offset=3.25, text="x", extra={"lang": "en"})]
     path = tmp_path / "m.jsonl"
     save_manifest(path, utts)
     back = load_manifest(path)
@@ -61,10 +68,17 @@ def test_bad_lines_are_counted_with_reasons(tmp_path):
     rejects = Rejects()
     utts = load_manifest(path, rejects)
     assert [u.id for u in utts] == ["ok"]
-    assert rejects.counts() == {"malformed_line": 2, "bad_field": 5, "duplicate_id": 1, "empty_audio": 1,
-                                "empty_text": 2}
+    assert rejects.counts() == {
+        "malformed_line": 2,
+        "bad_field": 5,
+        "duplicate_id": 1,
+        "empty_audio": 1,
+        "empty_text": 2,
+    }
     reasons = {r.id: r.reason for r in rejects}
-    assert reasons[f"{path}:2"].endswith("m.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes)")
+    assert reasons[f"{path}:2"].endswith(
+        "m.jsonl:2: not valid JSON (Expecting property name enclosed in double quotes)"
+    )
     assert "expected a JSON object" in reasons[f"{path}:3"]
     assert "missing field(s) duration" in reasons["nodur"]
     assert "whitespace-only" in reasons["blank"]

@@ -35,8 +35,9 @@ def test_cmvn_and_sampler_count_a_wrong_duration_once(tmp_path):
         utts.append(Utterance(f"u{i}", str(path), 10.0 if i == 2 else 1.0))
     rejects = Rejects()
     compute_cmvn(utts, FeatureConfig(n_mels=40), rejects=rejects)
-    DurationBatchSampler([u.duration for u in utts], 5.0, ids=[u.id for u in utts], rank=0,
-                         world_size=1).record_too_long(rejects)
+    DurationBatchSampler(
+        [u.duration for u in utts], 5.0, ids=[u.id for u in utts], rank=0, world_size=1
+    ).record_too_long(rejects)
     assert len(rejects) == 1 and rejects.ids(rejects.records[0].kind) == ["u2"], rejects.records
 
 

@@ -9,8 +9,18 @@ import soundfile as sf
 
 from asrkd.cli import main as cli
 from asrkd.data.manifest import load_manifest
-from asrkd.data.synth import (ACCENTS, DEV_VARIANTS, TEST_VARIANTS, TRAIN_VARIANTS, SynthConfig, SynthError,
-                              check_voices, load_words, plan, synthesize)
+from asrkd.data.synth import (
+    ACCENTS,
+    DEV_VARIANTS,
+    TEST_VARIANTS,
+    TRAIN_VARIANTS,
+    SynthConfig,
+    SynthError,
+    check_voices,
+    load_words,
+    plan,
+    synthesize,
+)
 from asrkd.data.text import normalize_text
 from asrkd.data.tokenizer import CharTokenizer
 from asrkd.data.wordlist_build import DENY
@@ -76,7 +86,7 @@ def test_synth_is_deterministic_16k_mono(tmp_path, capsys):
     ca, cb = _corpus(tmp_path / "a"), _corpus(tmp_path / "b")
     assert ca == cb  # same texts, voices, durations and audio bytes, whatever the number of processes
     assert set(a["utterances"]) == {"train", "dev", "test"} and all(n >= 1 for n in a["utterances"].values())
-    for split, d, rel, _ in ca.values():
+    for _split, d, rel, _ in ca.values():
         info = sf.info(str(tmp_path / "a" / rel))
         assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
         assert abs(info.frames / 16000 - d["duration"]) < 1e-3 and d["duration"] > 0.3
@@ -85,7 +95,23 @@ def test_synth_is_deterministic_16k_mono(tmp_path, capsys):
     assert stamp["config"]["seed"] == 3 and stamp["stats"]["utterances"] == a["utterances"]
     # same settings again: nothing to do; the CLI prints the corpus size
     assert synthesize(tmp_path / "a", TINY, progress=False)["reused"]
-    assert cli(["synth", str(tmp_path / "a"), "--hours", str(TINY.train_hours), "--dev-minutes", "0.1",
-                "--test-minutes", "0.1", "--seed", "3", "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "synth",
+                str(tmp_path / "a"),
+                "--hours",
+                str(TINY.train_hours),
+                "--dev-minutes",
+                "0.1",
+                "--test-minutes",
+                "0.1",
+                "--seed",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "already synthesized" in printed and "corpus: train" in printed

@@ -12,12 +12,26 @@ from asrkd.data.tokenizer import CharTokenizer
 from asrkd.eval.scoring import TextNormalizer, score
 
 
-@pytest.mark.parametrize("symbol,canon", [
-    ("<pad>", BLANK_CLASS), ("<blank>", BLANK_CLASS), ("<S>", BLANK_CLASS), ("_", BLANK_CLASS),
-    ("|", " "), ("\u2581", " "), ("<space>", " "), (" ", " "),
-    ("\u2019", "'"), ("`", "'"), ("\u2032", "'"), ("'", "'"),
-    ("E", "e"), ("\u2581the", " the"), ("<unk>", "<unk>"),
-])
+@pytest.mark.parametrize(
+    "symbol,canon",
+    [
+        ("<pad>", BLANK_CLASS),
+        ("<blank>", BLANK_CLASS),
+        ("<S>", BLANK_CLASS),
+        ("_", BLANK_CLASS),
+        ("|", " "),
+        ("\u2581", " "),
+        ("<space>", " "),
+        (" ", " "),
+        ("\u2019", "'"),
+        ("`", "'"),
+        ("\u2032", "'"),
+        ("'", "'"),
+        ("E", "e"),
+        ("\u2581the", " the"),
+        ("<unk>", "<unk>"),
+    ],
+)
 def test_canonical_symbol(symbol, canon):
     assert canonical_symbol(symbol) == canon
 

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from asrkd.data.tokenizer import (BLANK, BPETokenizer, CharTokenizer, TokenizerError, load_tokenizer,
-                                  normalize_text)
+from asrkd.data.tokenizer import BLANK, BPETokenizer, CharTokenizer, TokenizerError, load_tokenizer, normalize_text
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",
@@ -13,21 +12,24 @@ SENTENCES = [
 ]
 
 
-@pytest.mark.parametrize("raw,norm", [
-    ("Hello, World!", "hello world"),
-    ("It\u2019s  time", "it's time"),
-    ("'quoted' and the boys' toys", "quoted and the boys toys"),
-    ("rock-'n'-roll", "rock n roll"),
-    ("42 cats", "forty two cats"),
-    ("1,250 km", "one thousand two hundred fifty km"),
-    ("3.05", "three point zero five"),
-    ("the 21st, 2nd and 100th", "the twenty first second and one hundredth"),
-    ("10% & more", "ten percent and more"),
-    ("Caf\u00e9 na\u00efve", "cafe naive"),
-    ("   \t ", ""),
-    ("...", ""),
-    ("Stra\u00dfe", "stra\u00dfe"),  # non-decomposable letters are kept (the vocabulary decides)
-])
+@pytest.mark.parametrize(
+    "raw,norm",
+    [
+        ("Hello, World!", "hello world"),
+        ("It\u2019s  time", "it's time"),
+        ("'quoted' and the boys' toys", "quoted and the boys toys"),
+        ("rock-'n'-roll", "rock n roll"),
+        ("42 cats", "forty two cats"),
+        ("1,250 km", "one thousand two hundred fifty km"),
+        ("3.05", "three point zero five"),
+        ("the 21st, 2nd and 100th", "the twenty first second and one hundredth"),
+        ("10% & more", "ten percent and more"),
+        ("Caf\u00e9 na\u00efve", "cafe naive"),
+        ("   \t ", ""),
+        ("...", ""),
+        ("Stra\u00dfe", "stra\u00dfe"),  # non-decomposable letters are kept (the vocabulary decides)
+    ],
+)
 def test_normalisation(raw, norm):
     assert normalize_text(raw) == norm
 

@@ -11,13 +11,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from asrkd.models.checkpoint import save_checkpoint
 from asrkd.cli import main as cli_main
 from asrkd.data.features import FeatureConfig, GlobalCMVN
 from asrkd.data.tokenizer import CharTokenizer
 from asrkd.eval.decode import decode_manifest, write_hypotheses
 from asrkd.eval.latency import Emission, delay_summary, match_emissions, token_emissions
 from asrkd.models.acoustic import AcousticModel, load_acoustic_model
+from asrkd.models.checkpoint import save_checkpoint
 from asrkd.models.students import build_student
 
 TINY = dict(d_model=32, num_heads=2, ffn_dim=64, num_layers=2, frontend_channels=8, dropout=0.0, kernel_size=5)
@@ -42,14 +42,17 @@ def _save_student(path, *, scale: float = 1.0, seed: int = 0, **overrides):
         # A larger head makes the outputs peaky, as a trained model's are.
         model.classifier.weight.mul_(scale)
         model.classifier.bias.mul_(scale)
-    save_checkpoint(path, {
-        "arch": "conformer_ctc",
-        "model_kwargs": model.model_kwargs,
-        "model": model.state_dict(),
-        "tokenizer": tok.to_dict(),
-        "features": FeatureConfig().to_dict(),
-        "cmvn": GlobalCMVN.identity(80).to_dict(),
-    })
+    save_checkpoint(
+        path,
+        {
+            "arch": "conformer_ctc",
+            "model_kwargs": model.model_kwargs,
+            "model": model.state_dict(),
+            "tokenizer": tok.to_dict(),
+            "features": FeatureConfig().to_dict(),
+            "cmvn": GlobalCMVN.identity(80).to_dict(),
+        },
+    )
     return path
 
 
@@ -104,13 +107,32 @@ def test_full_utterance_format_failures_and_stats(corpus, tmp_path):
     assert hyps["bad"] == hyps["gone"] == hyps["blip"] == hyps["neg"] == ""
     assert stats["failed"] == 4 and set(stats["failed_ids"]) == {"bad", "gone", "blip", "neg"}
     # the line that is not JSON has no id to write: counted among the rejects only
-    assert stats["rejects"] == {"malformed_line": 1, "missing_file": 1, "unreadable": 1, "empty_audio": 1,
-                                "too_short": 1}
+    assert stats["rejects"] == {
+        "malformed_line": 1,
+        "missing_file": 1,
+        "unreadable": 1,
+        "empty_audio": 1,
+        "too_short": 1,
+    }
     assert stats["utterances"] == 8 and stats["decoded"] == 4
     assert stats["audio_s"] == pytest.approx(sum(DURATIONS.values()), abs=1e-3)
     assert stats["rtf"] == pytest.approx(stats["compute_s"] / stats["audio_s"])
-    for key in ("wall_s", "compute_s", "rtf", "device", "threads", "decoder", "streaming", "params", "frame_rate",
-                "native_chunk_ms", "model_latency_ms", "emission_delay", "rejects", "failed_ids"):
+    for key in (
+        "wall_s",
+        "compute_s",
+        "rtf",
+        "device",
+        "threads",
+        "decoder",
+        "streaming",
+        "params",
+        "frame_rate",
+        "native_chunk_ms",
+        "model_latency_ms",
+        "emission_delay",
+        "rejects",
+        "failed_ids",
+    ):
         assert key in stats
     assert stats["streaming"] is False and stats["emission_delay"] is None
     assert stats["model_latency_ms"] == 280.0 and stats["native_chunk_ms"] == 240.0
@@ -180,8 +202,9 @@ def test_beam_vs_greedy(corpus):
         # two implementations of the prefix search agree at a larger beam too
         fl8, _ = decode_manifest(corpus["peaky"], corpus["good"], decoder="beam", beam=8, beam_backend="torchaudio")
         assert fl8 == b8
-    streamed, _ = decode_manifest(corpus["peaky"], corpus["good"], decoder="beam", beam=8, beam_backend="asrkd",
-                                  streaming=True)
+    streamed, _ = decode_manifest(
+        corpus["peaky"], corpus["good"], decoder="beam", beam=8, beam_backend="asrkd", streaming=True
+    )
     assert streamed == b8
 
 
@@ -224,8 +247,9 @@ def test_emission_delay_hand_made():
 def test_emission_delay_against_itself_and_forced_alignment(corpus):
     # The student's streamed spikes against the same model at full context: streaming is
     # exact, so every token is matched with zero delay, and it is output when its segment is.
-    hyps, stats = decode_manifest(corpus["student"], corpus["good"], streaming=True,
-                                  emission_delay_ref=corpus["student"])
+    hyps, stats = decode_manifest(
+        corpus["student"], corpus["good"], streaming=True, emission_delay_ref=corpus["student"]
+    )
     d = stats["emission_delay"]
     n_tokens = sum(len(h) for h in hyps.values())
     assert d["tokens"] == d["hyp_tokens"] == d["ref_tokens"] == n_tokens and d["utterances"] == 4
@@ -249,8 +273,17 @@ def _save_whisper(path):
     tok = CharTokenizer.english()
     torch.manual_seed(0)
     model = WhisperCTC(len(tok), n_state=32, n_head=2, n_layer=1, head_layers=1, head_hidden=32, head_kernel=3).eval()
-    save_checkpoint(path, {"arch": "whisper_ctc", "model_kwargs": model.model_kwargs, "model": model.state_dict(),
-                           "tokenizer": tok.to_dict(), "features": None, "cmvn": None})
+    save_checkpoint(
+        path,
+        {
+            "arch": "whisper_ctc",
+            "model_kwargs": model.model_kwargs,
+            "model": model.state_dict(),
+            "tokenizer": tok.to_dict(),
+            "features": None,
+            "cmvn": None,
+        },
+    )
     return path
 
 
@@ -287,8 +320,9 @@ class _Spiker(torch.nn.Module):
 
 def test_vocabulary_only_teacher(corpus):
     # A teacher from load_teacher (no asrkd tokenizer): text from its symbols, "|" = space.
-    teacher = AcousticModel(_Spiker(), vocab=["-", "|", "A", "B", "C"], blank_id=0, frame_rate=50.0, spec="spiker",
-                            frozen=True)
+    teacher = AcousticModel(
+        _Spiker(), vocab=["-", "|", "A", "B", "C"], blank_id=0, frame_rate=50.0, spec="spiker", frozen=True
+    )
     hyps, stats = decode_manifest(teacher, corpus["good"], emission_delay_ref="forced-align")
     assert hyps == {u: "BA C" for u in DURATIONS} and stats["checkpoint"] == "spiker"
     # forced alignment needs the text in its vocabulary: "hello there" cannot be spelt with A B C
@@ -301,9 +335,27 @@ def test_vocabulary_only_teacher(corpus):
 # ----------------------------------------------------------------------------- CLI
 def test_cli_end_to_end(corpus, tmp_path, capsys):
     out, js, rep = tmp_path / "hyp.txt", tmp_path / "stats.json", tmp_path / "rejects.jsonl"
-    argv = ["decode", "--checkpoint", str(corpus["student"]), "--manifest", str(corpus["manifest"]), "--out", str(out),
-            "--streaming", "--chunk-ms", "480", "--json", str(js), "--report", str(rep), "--threads", "1",
-            "--no-progress", "--emission-delay-ref", "forced-align"]
+    argv = [
+        "decode",
+        "--checkpoint",
+        str(corpus["student"]),
+        "--manifest",
+        str(corpus["manifest"]),
+        "--out",
+        str(out),
+        "--streaming",
+        "--chunk-ms",
+        "480",
+        "--json",
+        str(js),
+        "--report",
+        str(rep),
+        "--threads",
+        "1",
+        "--no-progress",
+        "--emission-delay-ref",
+        "forced-align",
+    ]
     assert cli_main(argv) == 0
     printed = capsys.readouterr().out
     assert "RTF" in printed and "latency 535 ms" in printed and "failed: 4" in printed and "emission delay" in printed
@@ -321,7 +373,11 @@ def test_cli_end_to_end(corpus, tmp_path, capsys):
     assert cli_main(argv[:7] + ["--chunk-ms", "240"]) == 2  # --chunk-ms without --streaming
     assert cli_main(argv[:7] + ["--streaming", "--chunk-ms", "25", "--no-progress"]) == 1  # found by the model
     assert cli_main(argv[:7] + ["--lm", "x.arpa"]) == 2  # an LM needs the beam search
-    assert cli_main(["decode", "--checkpoint", str(tmp_path / "nope.pt"), "--manifest", str(corpus["good"]),
-                     "--out", str(out)]) == 1
+    assert (
+        cli_main(
+            ["decode", "--checkpoint", str(tmp_path / "nope.pt"), "--manifest", str(corpus["good"]), "--out", str(out)]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "--chunk-ms needs --streaming" in err and "multiple of the feature hop" in err and "not found" in err

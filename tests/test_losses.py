@@ -108,15 +108,18 @@ def test_vocab_map_unmapped_to_a_fallback_symbol_and_overrides():
 
 
 def test_vocab_map_sentencepiece_space_and_upper_case_student():
-    vm = VocabMap.from_vocabs(["<blank>", "\u2581", "a", "B"], ["_", "|", "A", "B"], teacher_blank_id=0, student_blank_id=0)
+    vm = VocabMap.from_vocabs(
+        ["<blank>", "\u2581", "a", "B"], ["_", "|", "A", "B"], teacher_blank_id=0, student_blank_id=0
+    )
     assert vm._index.tolist() == [0, 1, 2, 3]
     assert vm.is_identity
 
 
 def test_vocab_map_matches_pieces_by_the_shared_symbol_rule():
     # asrkd.data.text.canonical_symbol: a piece's "▁" is a space, so "▁The" is " the".
-    vm = VocabMap.from_vocabs(["<pad>", "\u2581The", "\u2581a", "s"], ["<blank>", " the", "\u2581a", "s"],
-                              teacher_blank_id=0)
+    vm = VocabMap.from_vocabs(
+        ["<pad>", "\u2581The", "\u2581a", "s"], ["<blank>", " the", "\u2581a", "s"], teacher_blank_id=0
+    )
     assert vm._index.tolist() == [0, 1, 2, 3] and vm.unmapped == []
 
 
@@ -328,8 +331,9 @@ def test_blank_weights_select_is_symmetric_and_seeded():
         draws.append(tuple(w.flatten().tolist()))
     assert len(set(draws)) > 1
     # Fewer blank than non-blank frames: all of them; an all-blank utterance: nothing.
-    w = blank_weights(torch.tensor([[0.1, 0.9, 0.2, 0.3], [0.9, 0.9, 0.9, 0.9]]), "select",
-                      generator=torch.Generator().manual_seed(0))
+    w = blank_weights(
+        torch.tensor([[0.1, 0.9, 0.2, 0.3], [0.9, 0.9, 0.9, 0.9]]), "select", generator=torch.Generator().manual_seed(0)
+    )
     assert w.tolist() == [[1, 1, 1, 1], [0, 0, 0, 0]]
     with pytest.raises(ValueError, match="blank_mode"):
         blank_weights(P_BLANK, "random")
@@ -395,9 +399,19 @@ def test_distillation_loss_full_alignment_against_a_hand_alignment(resample):
     teacher = torch.randn(B, T_t, len(WAV2VEC2)) * 2
     teacher[:, :, 0] += 2.0  # blank-heavy
     vm = VocabMap.from_vocabs(WAV2VEC2, STUDENT, teacher_blank_id=0)
-    loss_fn = DistillationLoss(ctc_weight=0.0, kd_weight=1.0, temperature=1.5, shift=1, blank_mode="threshold",
-                               blank_threshold=0.6, blank_weight=0.2, vocab_map=vm,
-                               student_frame_rate=25, teacher_frame_rate=50, resample=resample)
+    loss_fn = DistillationLoss(
+        ctc_weight=0.0,
+        kd_weight=1.0,
+        temperature=1.5,
+        shift=1,
+        blank_mode="threshold",
+        blank_threshold=0.6,
+        blank_weight=0.2,
+        vocab_map=vm,
+        student_frame_rate=25,
+        teacher_frame_rate=50,
+        resample=resample,
+    )
     out = loss_fn(student, s_len, teacher_logits=teacher, teacher_lengths=t_len)
 
     # By hand, frame by frame.
@@ -479,8 +493,15 @@ def test_topk_path_equals_dense_path_when_k_is_v(case):
     teacher = (torch.randn(B, T_t, len(vocab)) * 3).log_softmax(-1)
     vals, idx = teacher.topk(len(vocab), dim=-1)
     vm = VocabMap.from_vocabs(vocab, STUDENT, teacher_blank_id=0) if vocab is WAV2VEC2 else None
-    loss_fn = DistillationLoss(ctc_weight=0, temperature=2.0, shift=2 if case == "shift" else 0, vocab_map=vm,
-                               blank_mode="threshold", blank_threshold=0.2, **rates)
+    loss_fn = DistillationLoss(
+        ctc_weight=0,
+        temperature=2.0,
+        shift=2 if case == "shift" else 0,
+        vocab_map=vm,
+        blank_mode="threshold",
+        blank_threshold=0.2,
+        **rates,
+    )
     dense = loss_fn(student, s_len, teacher_logits=teacher, teacher_lengths=t_len)
     g_dense = torch.autograd.grad(dense.loss, student)[0]
     topk = loss_fn(student, s_len, teacher_topk=(idx.to(torch.int16), vals.half().float()), teacher_lengths=t_len)
@@ -537,8 +558,15 @@ def test_gradients_reach_the_student_and_not_the_teacher():
     student, lengths, targets, target_lengths = _batch()
     teacher = torch.randn(3, 24, len(WAV2VEC2), requires_grad=True)
     vm = VocabMap.from_vocabs(WAV2VEC2, STUDENT, teacher_blank_id=0)
-    loss_fn = DistillationLoss(ctc_weight=0.5, kd_weight=0.5, vocab_map=vm, student_frame_rate=25,
-                               teacher_frame_rate=50, blank_mode="select", seed=3)
+    loss_fn = DistillationLoss(
+        ctc_weight=0.5,
+        kd_weight=0.5,
+        vocab_map=vm,
+        student_frame_rate=25,
+        teacher_frame_rate=50,
+        blank_mode="select",
+        seed=3,
+    )
     out = loss_fn(student, lengths, targets, target_lengths, teacher_logits=teacher, teacher_lengths=2 * lengths)
     assert out.loss.requires_grad and not out.kd.requires_grad and not out.ctc.requires_grad
     out.loss.backward()
@@ -546,8 +574,9 @@ def test_gradients_reach_the_student_and_not_the_teacher():
     assert teacher.grad is None
     # The autograd gradient equals that of the hand-composed CTC + the KD term alone.
     s2 = student.detach().clone().requires_grad_()
-    kd_only = DistillationLoss(ctc_weight=0, vocab_map=vm, student_frame_rate=25, teacher_frame_rate=50,
-                               blank_mode="select", seed=3)(s2, lengths, teacher_logits=teacher, teacher_lengths=2 * lengths)
+    kd_only = DistillationLoss(
+        ctc_weight=0, vocab_map=vm, student_frame_rate=25, teacher_frame_rate=50, blank_mode="select", seed=3
+    )(s2, lengths, teacher_logits=teacher, teacher_lengths=2 * lengths)
     _close(kd_only.kd, out.kd)
     (0.5 * _hand_ctc(s2, lengths, targets, target_lengths, [0, 1, 2]) + 0.5 * kd_only.loss).backward()
     _close(student.grad, s2.grad, atol=1e-6)
@@ -596,24 +625,46 @@ def test_distillation_loss_on_cuda_matches_cpu():
     teacher = torch.randn(3, 24, len(WAV2VEC2)) * 2
     vm = VocabMap.from_vocabs(WAV2VEC2, STUDENT, teacher_blank_id=0)
     kw = {"vocab_map": vm, "student_frame_rate": 25, "teacher_frame_rate": 50, "shift": 1, "blank_mode": "threshold"}
-    cpu = DistillationLoss(**kw)(student, lengths, targets, target_lengths, teacher_logits=teacher,
-                                 teacher_lengths=2 * lengths)
+    cpu = DistillationLoss(**kw)(
+        student, lengths, targets, target_lengths, teacher_logits=teacher, teacher_lengths=2 * lengths
+    )
     s_cuda = student.detach().cuda().requires_grad_()
-    gpu = DistillationLoss(**kw)(s_cuda, lengths.cuda(), targets.cuda(), target_lengths.cuda(),
-                                 teacher_logits=teacher.cuda(), teacher_lengths=2 * lengths.cuda())
+    gpu = DistillationLoss(**kw)(
+        s_cuda,
+        lengths.cuda(),
+        targets.cuda(),
+        target_lengths.cuda(),
+        teacher_logits=teacher.cuda(),
+        teacher_lengths=2 * lengths.cuda(),
+    )
     _close(gpu.loss.cpu(), cpu.loss, atol=1e-5)
     vals, idx = teacher.log_softmax(-1).topk(len(WAV2VEC2), dim=-1)
-    gpu_topk = DistillationLoss(**kw)(s_cuda, lengths.cuda(), targets.cuda(), target_lengths.cuda(),
-                                      teacher_topk=(idx.cuda(), vals.cuda()), teacher_lengths=2 * lengths.cuda())
+    gpu_topk = DistillationLoss(**kw)(
+        s_cuda,
+        lengths.cuda(),
+        targets.cuda(),
+        target_lengths.cuda(),
+        teacher_topk=(idx.cuda(), vals.cuda()),
+        teacher_lengths=2 * lengths.cuda(),
+    )
     _close(gpu_topk.loss.cpu(), cpu.loss, atol=1e-4)
 
 
 def test_ctc_resampling_keeps_spikes():
     """50 -> 25 Hz: a spike next to a blank frame stays the argmax (the average would halve it)."""
     blank, a = 0, 1
-    p = torch.tensor([[[0.1, 0.9, 0.0], [1.0, 0.0, 0.0],     # spike 'a' then blank
-                       [0.6, 0.4, 0.0], [0.6, 0.0, 0.4],     # two weak, different tokens
-                       [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]])   # 'b' held for two frames
+    p = torch.tensor(
+        [
+            [
+                [0.1, 0.9, 0.0],
+                [1.0, 0.0, 0.0],  # spike 'a' then blank
+                [0.6, 0.4, 0.0],
+                [0.6, 0.0, 0.4],  # two weak, different tokens
+                [0.0, 0.0, 1.0],
+                [0.0, 0.0, 1.0],
+            ]
+        ]
+    )  # 'b' held for two frames
     avg, _ = resample_frames(p.log(), from_rate=50, to_rate=25)
     ctc, _ = resample_frames(p.log(), from_rate=50, to_rate=25, method="ctc", blank_id=blank)
     torch.testing.assert_close(avg.exp(), torch.tensor([[[0.55, 0.45, 0.0], [0.6, 0.2, 0.2], [0.0, 0.0, 1.0]]]))

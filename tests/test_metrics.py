@@ -268,8 +268,19 @@ def test_cli_output_json_and_details(tmp_path, capsys):
     hyp.write_text("u1 the cat sit\nu3 a x c d e\nu4 oops\nu9 extra\n", encoding="utf-8")
     out_json, details = tmp_path / "wer.json", tmp_path / "details.txt"
     rc = asrkd_main(
-        ["wer", "--ref", str(ref), "--hyp", str(hyp), "--json", str(out_json), "--details", str(details),
-         "--lowercase", "--strip-punct"]
+        [
+            "wer",
+            "--ref",
+            str(ref),
+            "--hyp",
+            str(hyp),
+            "--json",
+            str(out_json),
+            "--details",
+            str(details),
+            "--lowercase",
+            "--strip-punct",
+        ]
     )
     assert rc == 0
     lines = capsys.readouterr().out.splitlines()
@@ -280,8 +291,21 @@ def test_cli_output_json_and_details(tmp_path, capsys):
     assert lines[4] == "1 hypothesis has no reference and was ignored: u9."
 
     data = json.loads(out_json.read_text())
-    for key in ["wer", "cer", "words", "errors", "insertions", "deletions", "substitutions", "utterances",
-                "missing_hyp", "missing_hyp_ids", "extra_hyp", "extra_hyp_ids", "cer_details"]:
+    for key in [
+        "wer",
+        "cer",
+        "words",
+        "errors",
+        "insertions",
+        "deletions",
+        "substitutions",
+        "utterances",
+        "missing_hyp",
+        "missing_hyp_ids",
+        "extra_hyp",
+        "extra_hyp_ids",
+        "cer_details",
+    ]:
         assert key in data, key
     assert (data["words"], data["errors"], data["utterances"], data["missing_hyp"]) == (9, 6, 4, 1)
     assert data["wer"] == pytest.approx(600 / 9)
@@ -440,6 +464,7 @@ def test_cli_refuses_an_output_that_is_an_input(tmp_path, capsys):
         rc, _, err = _wer(tmp_path, capsys, "u1 a\n", "u1 a\n", flag, str(tmp_path / victim))
         assert rc == 1 and flag in err and ("--ref" if victim == "ref.txt" else "--hyp") in err, err
         assert (tmp_path / victim).read_text() == "u1 a\n"
-    rc, _, err = _wer(tmp_path, capsys, "u1 a\n", "u1 a\n", "--json", str(tmp_path / "o"), "--details",
-                      str(tmp_path / "o"))
+    rc, _, err = _wer(
+        tmp_path, capsys, "u1 a\n", "u1 a\n", "--json", str(tmp_path / "o"), "--details", str(tmp_path / "o")
+    )
     assert rc == 1 and "--json and --details are the same path" in err, err

@@ -15,8 +15,9 @@ VOCABS = (1, 29, 32, 33, 500, 1023, 5000)
 
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=[pytest.mark.cuda,
-                                pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]),
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+    ),
 ]
 
 
@@ -109,8 +110,14 @@ def test_reduced_precision(device, dtype, V):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "sdtype,tdtype",
-    [(torch.float32, torch.float16), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
-     (torch.float16, torch.bfloat16), (torch.float64, torch.float32), (torch.float32, torch.float64)],
+    [
+        (torch.float32, torch.float16),
+        (torch.float32, torch.bfloat16),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.bfloat16),
+        (torch.float64, torch.float32),
+        (torch.float32, torch.float64),
+    ],
 )
 def test_teacher_dtype_may_differ(device, sdtype, tdtype):
     s, t = _inputs(2, 6, 40, dtype=sdtype, tdtype=tdtype, device=device)
@@ -160,8 +167,9 @@ def test_mean_is_weighted_average_over_valid_frames(device):
     mean = ops.kd_kl_div(s, t, lens, weights=w, reduction="mean")
     mask = torch.arange(T, device=device)[None] < lens[:, None]
     torch.testing.assert_close(mean, per.sum() / (w * mask).sum())
-    torch.testing.assert_close(ops.kd_kl_div(s, t, lens, reduction="batchmean"),
-                               ops.kd_kl_div(s, t, lens, reduction="sum") / B)
+    torch.testing.assert_close(
+        ops.kd_kl_div(s, t, lens, reduction="batchmean"), ops.kd_kl_div(s, t, lens, reduction="sum") / B
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -278,11 +286,11 @@ def test_gradcheck_fp64():
     lens = torch.tensor([4, 2])
     w = torch.rand(2, 4, dtype=torch.float64)
     for reduction in REDUCTIONS:
-        f = lambda x: ops.kd_kl_div(x, t, lens, temperature=1.5, reduction=reduction, weights=w)  # noqa: E731
+        f = lambda x, r=reduction: ops.kd_kl_div(x, t, lens, temperature=1.5, reduction=r, weights=w)  # noqa: E731
         assert torch.autograd.gradcheck(f, (s.clone().requires_grad_(),))
         idx = torch.stack([torch.randperm(7)[:3] for _ in range(8)]).view(2, 4, 3)
         lp = torch.log_softmax(torch.randn(2, 4, 7, dtype=torch.float64), -1).gather(-1, idx)
-        g = lambda x: ops.kd_kl_div_topk(x, idx, lp, lens, temperature=0.7, reduction=reduction)  # noqa: E731
+        g = lambda x, i=idx, p=lp, r=reduction: ops.kd_kl_div_topk(x, i, p, lens, temperature=0.7, reduction=r)  # noqa: E731
         assert torch.autograd.gradcheck(g, (s.clone().requires_grad_(),))
 
 
@@ -537,8 +545,9 @@ def _agree(got, want, tols, what, scale=None):
     rtol, atol = tols
     if scale is not None:
         atol = atol * float(scale)
-    torch.testing.assert_close(got.double(), want.double(), rtol=rtol, atol=atol, equal_nan=True,
-                               msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        got.double(), want.double(), rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def _finite_max(x):
@@ -786,8 +795,9 @@ def test_negative_or_non_finite_weights_are_rejected_by_both(impl, bad):
         loss, grad = _fused_and_grad(fn, s, *args, lens, weights=ok, temperature=2.0)
         clean = ok.clone()
         clean[1, 2:], clean[0, 0] = 0.0, 0.0
-        want, want_grad = _ref64(ref.kd_kl_div_topk if topk else ref.kd_kl_div, s, *args, lens, weights=clean,
-                                 temperature=2.0)
+        want, want_grad = _ref64(
+            ref.kd_kl_div_topk if topk else ref.kd_kl_div, s, *args, lens, weights=clean, temperature=2.0
+        )
         _agree(loss, want, (1e-4, 1e-6), "loss")
         _agree(grad, want_grad, (1e-4, 1e-6), "grad", want_grad.abs().max())
 
@@ -900,8 +910,9 @@ def test_fp32_loss_error_at_the_top_temperature_is_as_documented(impl, V):
         for topk, args in ((False, (t,)), (True, (idx, lp.float()))):
             bound = (4.0 if impl == "fused" else 50.0 if topk else 10.0) * temperature**2 * eps
             loss, grad = _fused_and_grad(_impl(impl, topk), s, *args, temperature=temperature, reduction="none")
-            want, want_grad = _ref64(ref.kd_kl_div_topk if topk else ref.kd_kl_div, s, *args,
-                                     temperature=temperature, reduction="none")
+            want, want_grad = _ref64(
+                ref.kd_kl_div_topk if topk else ref.kd_kl_div, s, *args, temperature=temperature, reduction="none"
+            )
             err = float((loss.double() - want).abs().max())
             assert err <= bound, (scale, topk, err / (temperature**2 * eps))
             gerr = float((grad.double() - want_grad).abs().max() / want_grad.abs().max())

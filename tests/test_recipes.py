@@ -121,10 +121,24 @@ def test_librispeech_recipe_on_a_fixture(tmp_path):
     exp = tmp_path / "exp"
     _run(
         [
-            "bash", "recipes/librispeech/run.sh", "--data-root", str(data_root), "--exp", str(exp),
-            "--teacher", f"torchaudio-arch:wav2vec2_model:{weights}", "--eval-sets", "dev-clean test-clean",
-            "train.epochs=1", "model.size=xs", "data.max_seconds=30", "data.num_workers=0",
-            "data.cmvn_utterances=6", "data.max_duration=null", "optim.warmup_steps=1", "train.progress=false",
+            "bash",
+            "recipes/librispeech/run.sh",
+            "--data-root",
+            str(data_root),
+            "--exp",
+            str(exp),
+            "--teacher",
+            f"torchaudio-arch:wav2vec2_model:{weights}",
+            "--eval-sets",
+            "dev-clean test-clean",
+            "train.epochs=1",
+            "model.size=xs",
+            "data.max_seconds=30",
+            "data.num_workers=0",
+            "data.cmvn_utterances=6",
+            "data.max_duration=null",
+            "optim.warmup_steps=1",
+            "train.progress=false",
         ],
         timeout=600,
     )

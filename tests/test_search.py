@@ -39,9 +39,7 @@ def _ctc_logprob(log_probs: torch.Tensor, labellings: list[list[int]], blank: in
     lp = log_probs.double().unsqueeze(1).expand(T, n, -1)
     targets = torch.tensor([t for lab in labellings for t in lab], dtype=torch.long)
     target_lengths = torch.tensor([len(lab) for lab in labellings], dtype=torch.long)
-    loss = F.ctc_loss(
-        lp, targets, torch.full((n,), T, dtype=torch.long), target_lengths, blank=blank, reduction="none"
-    )
+    loss = F.ctc_loss(lp, targets, torch.full((n,), T, dtype=torch.long), target_lengths, blank=blank, reduction="none")
     return -loss
 
 
@@ -113,7 +111,7 @@ def test_beam_sums_paths_where_greedy_takes_one():
     # "a" collects a a + a - + - a = 0.64.
     lp = torch.tensor([[0.6, 0.4], [0.6, 0.4]]).log()
     assert greedy_decode(lp) == [[]]
-    (best, logp), = PrefixBeamSearch(beam=4).search(lp)
+    ((best, logp),) = PrefixBeamSearch(beam=4).search(lp)
     assert best == [1]
     assert logp == pytest.approx(math.log(0.64), abs=1e-6)  # float32 inputs
 
@@ -256,9 +254,7 @@ def test_torchaudio_exact_search_matches_brute_force():
         got = dec.decode(lp)[0]
         # flashlight drops separators at the ends: compare with the best labelling that
         # strips to the same ids
-        best = max(
-            s for lab, s in zip(_all_labellings([1, 2, 3], T), scores.tolist()) if _strip_sep(lab) == got
-        )
+        best = max(s for lab, s in zip(_all_labellings([1, 2, 3], T), scores.tolist()) if _strip_sep(lab) == got)
         assert best == pytest.approx(scores.max().item(), abs=1e-4)
 
 
@@ -285,8 +281,17 @@ def test_torchaudio_lexicon_and_kenlm(tmp_path):
     assert text(via_factory.decode(lp)[0]) == "cat"
 
     # a lexicon restricts the output to its words: "c a x t" (x unknown) -> a lexicon word
-    noisy = torch.stack([_frame(c=0.9), _frame(a=0.5, o=0.4), _frame(t=0.9), _frame(sep=0.9), _frame(c=0.9),
-                         _frame(o=0.9), _frame(p=0.6, t=0.35)])
+    noisy = torch.stack(
+        [
+            _frame(c=0.9),
+            _frame(a=0.5, o=0.4),
+            _frame(t=0.9),
+            _frame(sep=0.9),
+            _frame(c=0.9),
+            _frame(o=0.9),
+            _frame(p=0.6, t=0.35),
+        ]
+    )
     words = text(TorchaudioBeamSearch(TOKENS, beam=20, lexicon=lexicon).decode(noisy)[0]).split()
     assert words and all(w in {"cat", "cap", "cot"} for w in words)
 

@@ -167,8 +167,13 @@ def test_audio_streaming_equals_offline_pipeline(arch):
     wave = 0.1 * torch.randn(1, 21_937)
     feats, feat_lengths = features(wave, torch.tensor([wave.size(1)]))
     full, _ = model(feats, feat_lengths)
-    acoustic = AcousticModel(model, vocab=[str(i) for i in range(model.vocab_size)], blank_id=0,
-                             frame_rate=model.frame_rate, frontend=features)
+    acoustic = AcousticModel(
+        model,
+        vocab=[str(i) for i in range(model.vocab_size)],
+        blank_id=0,
+        frame_rate=model.frame_rate,
+        frontend=features,
+    )
     assert acoustic.streaming_latency_ms() == pytest.approx(model.algorithmic_latency_ms + 15.0)
     streamer = acoustic.stream()
     outs, t0 = [], 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from asrkd.models.checkpoint import load_model, register_model, save_checkpoint
 from asrkd.cli import main as cli_main
-from asrkd.models.students import ConformerCTC, EmformerCTC, build_student
+from asrkd.models.checkpoint import load_model, register_model, save_checkpoint
 from asrkd.models.export import check_export, load_exported, save_scripted, script_student
+from asrkd.models.students import ConformerCTC, EmformerCTC, build_student
 
 ATOL = 1e-4
 TINY = dict(d_model=32, num_heads=2, ffn_dim=64, num_layers=2, frontend_channels=8, dropout=0.0)

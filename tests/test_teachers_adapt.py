@@ -18,15 +18,22 @@ from asrkd.models.checkpoint import load_checkpoint, load_model, register_model,
 from asrkd.models.teachers import load_teacher
 
 TEXTS = [
-    "the cat sat on the mat", "a dog ran in the park", "she sells sea shells", "we like green apples",
-    "open the red door", "birds sing at dawn", "rain falls on the roof", "he reads a long book",
+    "the cat sat on the mat",
+    "a dog ran in the park",
+    "she sells sea shells",
+    "we like green apples",
+    "open the red door",
+    "birds sing at dawn",
+    "rain falls on the roof",
+    "he reads a long book",
 ]
 
 
 def _write_speech(path, text: str, voice: str = "en-us", rate: int = 170) -> float:
     if shutil.which("espeak-ng"):
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(rate), "-w", str(path), text], check=True, capture_output=True
+        )
     else:  # a deterministic stand-in: one tone per character
         tones = [np.sin(2 * np.pi * (200 + 20 * (ord(c) % 32)) * np.arange(1600) / 16000) for c in text]
         sf.write(path, 0.3 * np.concatenate(tones).astype(np.float32), 16000)
@@ -59,11 +66,30 @@ def corpus(tmp_path_factory):
 
 def test_adapt_learns_and_reloads_as_teacher(corpus, tmp_path, capsys):
     out = tmp_path / "teacher.pt"
-    rc = cli_main([
-        "teacher-adapt", "--train", str(corpus["train"]), "--dev", str(corpus["dev"]),
-        "--tokenizer", str(corpus["tok"]), "--out", str(out), "--epochs", "40", "--lr", "3e-3", "--time-masks", "0",
-        "--threads", "1", "--max-seconds-per-batch", "8", "--no-progress",
-    ])
+    rc = cli_main(
+        [
+            "teacher-adapt",
+            "--train",
+            str(corpus["train"]),
+            "--dev",
+            str(corpus["dev"]),
+            "--tokenizer",
+            str(corpus["tok"]),
+            "--out",
+            str(out),
+            "--epochs",
+            "40",
+            "--lr",
+            "3e-3",
+            "--time-masks",
+            "0",
+            "--threads",
+            "1",
+            "--max-seconds-per-batch",
+            "8",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     log = capsys.readouterr().out
     assert "unlabelled utterances skipped" in log and "oov_chars" in log and "missing_file" in log and "too_long" in log
@@ -98,11 +124,26 @@ def test_adapt_learns_and_reloads_as_teacher(corpus, tmp_path, capsys):
 
 def test_adapt_unfreezes_top_block_and_respects_budget(corpus, tmp_path):
     out = tmp_path / "t.pt"
-    rc = cli_main([
-        "teacher-adapt", "--train", str(corpus["dev"]), "--tokenizer", str(tmp_path / "new_tok.json"),
-        "--out", str(out),
-        "--epochs", "50", "--minutes", "0.001", "--unfreeze-blocks", "1", "--threads", "1", "--no-progress",
-    ])
+    rc = cli_main(
+        [
+            "teacher-adapt",
+            "--train",
+            str(corpus["dev"]),
+            "--tokenizer",
+            str(tmp_path / "new_tok.json"),
+            "--out",
+            str(out),
+            "--epochs",
+            "50",
+            "--minutes",
+            "0.001",
+            "--unfreeze-blocks",
+            "1",
+            "--threads",
+            "1",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "new_tok.json").is_file()  # built from the training texts
     state = load_checkpoint(out)
@@ -118,8 +159,18 @@ def test_adapt_unfreezes_top_block_and_respects_budget(corpus, tmp_path):
 
 
 def test_adapt_rejects_bad_teacher(corpus, tmp_path, capsys):
-    argv = ["teacher-adapt", "--teacher", "hf:somewhere", "--train", str(corpus["dev"]), "--tokenizer",
-            str(corpus["tok"]), "--out", str(tmp_path / "x.pt"), "--no-progress"]
+    argv = [
+        "teacher-adapt",
+        "--teacher",
+        "hf:somewhere",
+        "--train",
+        str(corpus["dev"]),
+        "--tokenizer",
+        str(corpus["tok"]),
+        "--out",
+        str(tmp_path / "x.pt"),
+        "--no-progress",
+    ]
     assert cli_main(argv) == 1
     assert "expected whisper-tiny.en" in capsys.readouterr().err
     with pytest.raises(ValueError, match="expected whisper-tiny.en"):
@@ -158,9 +209,17 @@ def test_feature_model_checkpoint_as_teacher(tmp_path):
     cmvn = GlobalCMVN(torch.randn(80), torch.rand(80) + 0.5)
     tok = CharTokenizer.english()
     path = tmp_path / "student.pt"
-    save_checkpoint(path, {"arch": "test_teachers_tiny_feat_ctc", "model_kwargs": {"n_mels": 80, "vocab_size": 29},
-                           "model": model.state_dict(), "tokenizer": tok.to_dict(), "features": cfg.to_dict(),
-                           "cmvn": cmvn.to_dict()})
+    save_checkpoint(
+        path,
+        {
+            "arch": "test_teachers_tiny_feat_ctc",
+            "model_kwargs": {"n_mels": 80, "vocab_size": 29},
+            "model": model.state_dict(),
+            "tokenizer": tok.to_dict(),
+            "features": cfg.to_dict(),
+            "cmvn": cmvn.to_dict(),
+        },
+    )
     teacher = load_teacher(str(path))
     assert teacher.vocab == tok.tokens and teacher.frame_rate == 50.0
     waves = torch.randn(2, 8000) * 0.1
@@ -173,13 +232,29 @@ def test_feature_model_checkpoint_as_teacher(tmp_path):
     assert out_lengths.tolist() == ref_len.tolist()
 
     no_tok = tmp_path / "no_tok.pt"
-    save_checkpoint(no_tok, {"arch": "test_teachers_tiny_feat_ctc", "model_kwargs": {}, "model": model.state_dict(),
-                             "tokenizer": None, "features": cfg.to_dict()})
+    save_checkpoint(
+        no_tok,
+        {
+            "arch": "test_teachers_tiny_feat_ctc",
+            "model_kwargs": {},
+            "model": model.state_dict(),
+            "tokenizer": None,
+            "features": cfg.to_dict(),
+        },
+    )
     with pytest.raises(ValueError, match="no tokenizer"):
         load_teacher(f"asrkd:{no_tok}")
     no_feats = tmp_path / "no_feats.pt"
-    save_checkpoint(no_feats, {"arch": "test_teachers_tiny_feat_ctc", "model_kwargs": {}, "model": model.state_dict(),
-                               "tokenizer": tok.to_dict(), "features": None})
+    save_checkpoint(
+        no_feats,
+        {
+            "arch": "test_teachers_tiny_feat_ctc",
+            "model_kwargs": {},
+            "model": model.state_dict(),
+            "tokenizer": tok.to_dict(),
+            "features": None,
+        },
+    )
     with pytest.raises(ValueError, match="no 'features' config"):
         load_teacher(f"asrkd:{no_feats}")
 
@@ -194,8 +269,22 @@ def test_adapt_skips_audio_longer_than_whisper_and_guards_its_outputs(corpus, tm
     lines = rows[:3] + [{"id": "liar", "audio": str(long_wav), "duration": 3.0, "text": "the cat"}]
     train.write_text("".join(json.dumps(r) + "\n" for r in lines))
     out = tmp_path / "t.pt"
-    argv = ["teacher-adapt", "--train", str(train), "--tokenizer", str(corpus["tok"]), "--out", str(out),
-            "--epochs", "1", "--time-masks", "0", "--threads", "1", "--no-progress"]
+    argv = [
+        "teacher-adapt",
+        "--train",
+        str(train),
+        "--tokenizer",
+        str(corpus["tok"]),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--time-masks",
+        "0",
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     assert cli_main(argv) == 0
     skipped = load_checkpoint(out)["adapt"]["skipped_train"]
     assert sum(skipped.values()) == 1 and ("too_long" in skipped or "duration_mismatch" in skipped), skipped

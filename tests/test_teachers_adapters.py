@@ -93,11 +93,11 @@ def test_torchaudio_plain_state_dict_sidecar_labels_and_normalisation(tmp_path):
 
 def test_normalize_waves_ignores_padding():
     x, lengths = _waves()
-    x[1, lengths[1]:] = 5.0
+    x[1, lengths[1] :] = 5.0
     y = normalize_waves(x, lengths)
     one = x[1, : lengths[1]]
     torch.testing.assert_close(y[1, : lengths[1]], torch.nn.functional.layer_norm(one, one.shape), atol=1e-5, rtol=0)
-    assert torch.all(y[1, lengths[1]:] == 0)
+    assert torch.all(y[1, lengths[1] :] == 0)
 
 
 def test_torchaudio_errors(tmp_path):
@@ -143,7 +143,9 @@ def test_torchaudio_bundle_from_cache(hub_dir, monkeypatch):
 
     labels = tuple("|ETAONIHSRDLUMWCFGYPBVK'XJQZ")
     bundle = dataclasses.replace(
-        pipelines.WAV2VEC2_ASR_BASE_10M, _path="asrkd_tiny_test.pth", _params={**TINY_W2V, "aux_num_out": 29},
+        pipelines.WAV2VEC2_ASR_BASE_10M,
+        _path="asrkd_tiny_test.pth",
+        _params={**TINY_W2V, "aux_num_out": 29},
         _labels=labels,
     )
     monkeypatch.setattr(pipelines, "ASRKD_TINY_TEST", bundle, raising=False)
@@ -168,10 +170,24 @@ def test_hf_ctc(tmp_path, arch):
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "|": 4, "A": 5, "B": 6, "'": 7}
     config_cls = {"Wav2Vec2ForCTC": transformers.Wav2Vec2Config, "HubertForCTC": transformers.HubertConfig}[arch]
     cfg = config_cls(
-        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-        conv_dim=(8, 8, 8), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 2), num_conv_pos_embeddings=8,
-        num_conv_pos_embedding_groups=4, feat_extract_norm="layer", do_stable_layer_norm=True, pad_token_id=0,
-        hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, final_dropout=0.0, layerdrop=0.0,
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(8, 8, 8),
+        conv_stride=(5, 2, 2),
+        conv_kernel=(10, 3, 2),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=4,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        pad_token_id=0,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        final_dropout=0.0,
+        layerdrop=0.0,
     )
     torch.manual_seed(0)
     model = getattr(transformers, arch)(cfg).eval()

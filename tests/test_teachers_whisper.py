@@ -130,11 +130,11 @@ def test_logmel_matches_references_and_is_padding_invariant(tmp_path):
     waves = [_speech(tmp_path, SENTENCES[0]), _speech(tmp_path, SENTENCES[1])[:20000]]
     fe = WhisperLogMel()
     x, lengths = _batch(waves)
-    x[1, lengths[1]:] = 0.7  # garbage in the padding must not leak
+    x[1, lengths[1] :] = 0.7  # garbage in the padding must not leak
     feats, frames = fe(x, lengths)
     assert frames.tolist() == [w.size // 160 for w in waves]
     assert feats.shape == (2, int(frames.max()), 80)
-    assert torch.all(feats[1, frames[1]:] == 0)
+    assert torch.all(feats[1, frames[1] :] == 0)
     for i, w in enumerate(waves):
         solo, n = fe(torch.from_numpy(w)[None], torch.tensor([w.size]))
         torch.testing.assert_close(feats[i, : frames[i]], solo[0], atol=1e-5, rtol=0)
@@ -166,7 +166,9 @@ def test_encoder_reproduces_ctranslate2(tmp_path, tiny_en):
     ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 (test-only dependency) not installed")
     waves = [_speech(tmp_path, s, v) for s, v in zip(SENTENCES, ["en-us", "en", "en-us+f3"])]
     fe = WhisperLogMel()
-    ct2 = ctranslate2.models.Whisper(str(default_whisper_path().parent), device="cpu", compute_type="float32", intra_threads=1)
+    ct2 = ctranslate2.models.Whisper(
+        str(default_whisper_path().parent), device="cpu", compute_type="float32", intra_threads=1
+    )
     x, lengths = _batch(waves)
     feats, frames = fe(x, lengths)
     with torch.no_grad():
@@ -174,7 +176,11 @@ def test_encoder_reproduces_ctranslate2(tmp_path, tiny_en):
     assert out_lengths.tolist() == [(int(n) + 1) // 2 for n in frames]
     for i in range(len(waves)):
         f = feats[i : i + 1, : frames[i]]
-        ref = torch.from_numpy(np.array(ct2.encode(ctranslate2.StorageView.from_array(f.transpose(1, 2).contiguous().numpy()), to_cpu=True)))
+        ref = torch.from_numpy(
+            np.array(
+                ct2.encode(ctranslate2.StorageView.from_array(f.transpose(1, 2).contiguous().numpy()), to_cpu=True)
+            )
+        )
         with torch.no_grad():
             ours, _ = tiny_en(f, frames[i : i + 1])
         assert ours.shape == ref.shape
@@ -185,16 +191,27 @@ def test_encoder_reproduces_ctranslate2(tmp_path, tiny_en):
         assert (ours - ref).abs().max() < 2e-4
         # The padded batch gives every utterance its one-by-one output.
         torch.testing.assert_close(batch_out[i, : out_lengths[i]], ours[0], atol=2e-4, rtol=0)
-        assert torch.all(batch_out[i, out_lengths[i]:] == 0)
+        assert torch.all(batch_out[i, out_lengths[i] :] == 0)
 
 
 # ----------------------------------------------------------------------- other weight formats
 def _tiny_hf_whisper(tmp_path):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.WhisperConfig(
-        vocab_size=64, num_mel_bins=80, encoder_layers=2, encoder_attention_heads=2, decoder_layers=1,
-        decoder_attention_heads=2, d_model=16, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=20, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=64,
+        num_mel_bins=80,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        d_model=16,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_source_positions=20,
+        max_target_positions=16,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
         decoder_start_token_id=1,
     )
     torch.manual_seed(0)
@@ -222,9 +239,16 @@ def test_hf_and_openai_formats_match_transformers(tmp_path):
     # openai-whisper layout: {"dims", "model_state_dict"} with its parameter names.
     src = {k.removeprefix("model."): v for k, v in model.state_dict().items()}
     sd = {}
-    ren = {"self_attn.q_proj": "attn.query", "self_attn.k_proj": "attn.key", "self_attn.v_proj": "attn.value",
-           "self_attn.out_proj": "attn.out", "self_attn_layer_norm": "attn_ln", "fc1": "mlp.0", "fc2": "mlp.2",
-           "final_layer_norm": "mlp_ln"}
+    ren = {
+        "self_attn.q_proj": "attn.query",
+        "self_attn.k_proj": "attn.key",
+        "self_attn.v_proj": "attn.value",
+        "self_attn.out_proj": "attn.out",
+        "self_attn_layer_norm": "attn_ln",
+        "fc1": "mlp.0",
+        "fc2": "mlp.2",
+        "final_layer_norm": "mlp_ln",
+    }
     for k, v in src.items():
         if not k.startswith("encoder."):
             continue
@@ -233,8 +257,18 @@ def test_hf_and_openai_formats_match_transformers(tmp_path):
         for a, b in ren.items():
             k = k.replace(f".{a}.", f".{b}.")
         sd[k] = v.half()
-    dims = dict(n_mels=80, n_audio_ctx=20, n_audio_state=16, n_audio_head=2, n_audio_layer=2, n_vocab=64,
-                n_text_ctx=16, n_text_state=16, n_text_head=2, n_text_layer=1)
+    dims = dict(
+        n_mels=80,
+        n_audio_ctx=20,
+        n_audio_state=16,
+        n_audio_head=2,
+        n_audio_layer=2,
+        n_vocab=64,
+        n_text_ctx=16,
+        n_text_state=16,
+        n_text_head=2,
+        n_text_layer=1,
+    )
     torch.save({"dims": dims, "model_state_dict": sd}, tmp_path / "tiny.pt")
     enc2 = load_whisper_encoder(tmp_path / "tiny.pt")
     with torch.no_grad():
@@ -265,7 +299,9 @@ def test_ct2_converted_tiny_model_matches(tmp_path):
         torch.testing.assert_close(v, sd[k], atol=0, rtol=0, msg=k)
     feats = torch.randn(1, 27, 80)
     ct = ctranslate2.models.Whisper(str(out), device="cpu", compute_type="float32", intra_threads=1)
-    ref = np.array(ct.encode(ctranslate2.StorageView.from_array(feats.transpose(1, 2).contiguous().numpy()), to_cpu=True))
+    ref = np.array(
+        ct.encode(ctranslate2.StorageView.from_array(feats.transpose(1, 2).contiguous().numpy()), to_cpu=True)
+    )
     with torch.no_grad():
         ours, _ = enc(feats, torch.tensor([27]))
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-4)
@@ -281,8 +317,10 @@ def test_long_inputs_are_encoded_in_independent_windows():
         out, out_lengths = enc(feats, lengths)
         assert out_lengths.tolist() == [12, 6]
         for i in range(2):
-            parts = [enc(feats[i : i + 1, s : min(s + 10, lengths[i])], torch.tensor([min(10, lengths[i] - s)]))[0][0]
-                     for s in range(0, int(lengths[i]), 10)]
+            parts = [
+                enc(feats[i : i + 1, s : min(s + 10, lengths[i])], torch.tensor([min(10, lengths[i] - s)]))[0][0]
+                for s in range(0, int(lengths[i]), 10)
+            ]
             torch.testing.assert_close(out[i, : out_lengths[i]], torch.cat(parts), atol=1e-5, rtol=0)
 
 
@@ -295,7 +333,9 @@ def test_default_teacher_and_checkpoint_kwargs(tmp_path):
     assert not teacher.training and not teacher.model.head.dropout.training
     wave = torch.from_numpy(_speech(tmp_path, SENTENCES[2]))
     logits, lengths = teacher(wave[None], torch.tensor([wave.numel()]))
-    assert logits.shape == (1, (wave.numel() // 160 + 1) // 2, len(teacher.vocab)) and lengths.tolist() == [logits.size(1)]
+    assert logits.shape == (1, (wave.numel() // 160 + 1) // 2, len(teacher.vocab)) and lengths.tolist() == [
+        logits.size(1)
+    ]
     assert torch.isfinite(logits).all() and not logits.requires_grad
     # model_kwargs rebuild the same module without the wheel
     model = teacher.model

@@ -40,8 +40,9 @@ def _tone_wave(text: str, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate([lead, *parts, lead]).astype(np.float32)
 
 
-def make_corpus(root: Path, name: str, n: int, *, seed: int = 0, text: bool = True,
-                bad: dict[str, str] | None = None) -> Path:
+def make_corpus(
+    root: Path, name: str, n: int, *, seed: int = 0, text: bool = True, bad: dict[str, str] | None = None
+) -> Path:
     """Write ``n`` tone utterances under ``root/name/`` and their manifest ``root/name.jsonl``.
 
     ``text=False`` leaves the transcripts out (unlabelled audio). ``bad`` maps utterance
@@ -52,7 +53,7 @@ def make_corpus(root: Path, name: str, n: int, *, seed: int = 0, text: bool = Tr
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
-        words = [''.join(pyrng.choice(LETTERS) for _ in range(pyrng.randint(1, 3))) for _ in range(pyrng.randint(2, 3))]
+        words = ["".join(pyrng.choice(LETTERS) for _ in range(pyrng.randint(1, 3))) for _ in range(pyrng.randint(2, 3))]
         sentence = " ".join(words)
         wave = _tone_wave(sentence, rng)
         path = folder / f"{name}-{i:03d}.wav"
@@ -62,8 +63,12 @@ def make_corpus(root: Path, name: str, n: int, *, seed: int = 0, text: bool = Tr
             path.unlink()
         elif kind == "corrupt":
             path.write_bytes(b"RIFF\x00\x00\x00\x00garbage, not audio at all" * 10)
-        entry = {"id": f"{name}-{i:03d}", "audio": str(path), "duration": round(len(wave) / SR, 4),
-                 "speaker": f"spk{i % 3}"}
+        entry = {
+            "id": f"{name}-{i:03d}",
+            "audio": str(path),
+            "duration": round(len(wave) / SR, 4),
+            "speaker": f"spk{i % 3}",
+        }
         if text:
             entry["text"] = sentence
         lines.append(json.dumps(entry))
@@ -72,24 +77,42 @@ def make_corpus(root: Path, name: str, n: int, *, seed: int = 0, text: bool = Tr
     return manifest
 
 
-TINY_MODEL = {"arch": "conformer", "size": "xs",
-              "overrides": {"d_model": 48, "num_heads": 2, "ffn_dim": 96, "num_layers": 1, "kernel_size": 3,
-                            "frontend_channels": 4, "chunk_size": 4}}
+TINY_MODEL = {
+    "arch": "conformer",
+    "size": "xs",
+    "overrides": {
+        "d_model": 48,
+        "num_heads": 2,
+        "ffn_dim": 96,
+        "num_layers": 1,
+        "kernel_size": 3,
+        "frontend_channels": 4,
+        "chunk_size": 4,
+    },
+}
 
 
 def base_config(tmp_path: Path, train_manifest: Path, dev_manifest: Path | None = None, **sections) -> dict:
     """A full config for a tiny, fast, deterministic run; ``sections`` update sub-dicts."""
-    cfg = load_config(None, base={
-        "exp_dir": str(tmp_path / "exp"),
-        "seed": 3,
-        "data": {"train": str(train_manifest), "dev": str(dev_manifest) if dev_manifest else None,
-                 "features": {"n_mels": 40},
-                 "num_workers": 0, "max_seconds": 5.0, "cmvn_utterances": 50,
-                 "specaug": {"freq_masks": 1, "freq_width": 5, "time_masks": 1, "time_width": 5}},
-        "model": copy.deepcopy(TINY_MODEL),
-        "optim": {"lr": 1e-2, "warmup_steps": 3, "clip_grad_norm": 5.0},
-        "train": {"epochs": 3, "log_every": 1, "progress": False, "tensorboard": False, "threads": 1},
-    })
+    cfg = load_config(
+        None,
+        base={
+            "exp_dir": str(tmp_path / "exp"),
+            "seed": 3,
+            "data": {
+                "train": str(train_manifest),
+                "dev": str(dev_manifest) if dev_manifest else None,
+                "features": {"n_mels": 40},
+                "num_workers": 0,
+                "max_seconds": 5.0,
+                "cmvn_utterances": 50,
+                "specaug": {"freq_masks": 1, "freq_width": 5, "time_masks": 1, "time_width": 5},
+            },
+            "model": copy.deepcopy(TINY_MODEL),
+            "optim": {"lr": 1e-2, "warmup_steps": 3, "clip_grad_norm": 5.0},
+            "train": {"epochs": 3, "log_every": 1, "progress": False, "tensorboard": False, "threads": 1},
+        },
+    )
     for key, value in sections.items():
         if isinstance(value, dict):
             cfg[key].update(value)
@@ -107,9 +130,17 @@ def make_teacher(path: Path, seed: int = 1, *, n_mels: int = 40) -> str:
     tok = CharTokenizer.build(["abcde"])
     torch.manual_seed(seed)
     model = build_student("conformer", "xs", len(tok), input_dim=n_mels, **{**TINY_MODEL["overrides"], "dropout": 0.0})
-    save_checkpoint(path, {"arch": "conformer_ctc", "model_kwargs": model.model_kwargs, "model": model.state_dict(),
-                           "tokenizer": tok.to_dict(), "features": FeatureConfig(n_mels=n_mels).to_dict(),
-                           "cmvn": GlobalCMVN.identity(n_mels).to_dict()})
+    save_checkpoint(
+        path,
+        {
+            "arch": "conformer_ctc",
+            "model_kwargs": model.model_kwargs,
+            "model": model.state_dict(),
+            "tokenizer": tok.to_dict(),
+            "features": FeatureConfig(n_mels=n_mels).to_dict(),
+            "cmvn": GlobalCMVN.identity(n_mels).to_dict(),
+        },
+    )
     return f"asrkd:{path}"
 
 
@@ -137,8 +168,24 @@ def test_tiny_training_loss_decreases_and_checkpoint_reloads(tmp_path):
 
     exp = Path(cfg["exp_dir"])
     ckpt = load_checkpoint(exp / "last.pt")
-    for key in ("arch", "model_kwargs", "model", "tokenizer", "features", "cmvn", "optimizer", "scheduler",
-                "sampler", "rng", "loss_rng", "config", "history", "best", "step", "epoch"):
+    for key in (
+        "arch",
+        "model_kwargs",
+        "model",
+        "tokenizer",
+        "features",
+        "cmvn",
+        "optimizer",
+        "scheduler",
+        "sampler",
+        "rng",
+        "loss_rng",
+        "config",
+        "history",
+        "best",
+        "step",
+        "epoch",
+    ):
         assert key in ckpt, key
     assert ckpt["epoch"] == 8 and ckpt["batches_done"] == 0 and len(ckpt["rng"]) == 1
     best_epoch = summary["best"]["epoch"]
@@ -171,10 +218,22 @@ def test_kd_from_cache_without_text(tmp_path):
 
     unlabelled = make_corpus(tmp_path, "unlab", 16, seed=0, text=False)
     spec = make_teacher(tmp_path / "teacher.pt")
-    build_cache(load_teacher(spec), load_manifest(unlabelled), tmp_path / "cache", topk=4, num_workers=0,
-                progress=False, log=lambda m: None)
-    cfg = base_config(tmp_path, unlabelled, teacher={"cache": str(tmp_path / "cache")},
-                      loss={"ctc_weight": 1.0, "kd_weight": 1.0}, train={"epochs": 3})
+    build_cache(
+        load_teacher(spec),
+        load_manifest(unlabelled),
+        tmp_path / "cache",
+        topk=4,
+        num_workers=0,
+        progress=False,
+        log=lambda m: None,
+    )
+    cfg = base_config(
+        tmp_path,
+        unlabelled,
+        teacher={"cache": str(tmp_path / "cache")},
+        loss={"ctc_weight": 1.0, "kd_weight": 1.0},
+        train={"epochs": 3},
+    )
     summary = train(cfg)
     hist = summary["history"]
     assert all(h["train_ctc"] == 0.0 for h in hist)  # nothing labelled: CTC never contributes
@@ -197,17 +256,29 @@ def test_teacher_in_the_loop_and_cache_teacher_check(tmp_path):
 
     train_m = make_corpus(tmp_path, "train", 12, seed=0)
     spec = make_teacher(tmp_path / "teacher.pt")
-    cfg = base_config(tmp_path, train_m, teacher={"spec": spec}, loss={"kd_weight": 0.5},
-                      train={"epochs": 1, "max_steps": 2})
+    cfg = base_config(
+        tmp_path, train_m, teacher={"spec": spec}, loss={"kd_weight": 0.5}, train={"epochs": 1, "max_steps": 2}
+    )
     summary = train(cfg)
     assert summary["step"] == 2 and summary["history"][-1]["train_kd"] > 0
 
     # Cache made with one teacher, training asked to check it against another one.
-    build_cache(load_teacher(spec), load_manifest(train_m), tmp_path / "cache", num_workers=0, progress=False,
-                log=lambda m: None)
+    build_cache(
+        load_teacher(spec),
+        load_manifest(train_m),
+        tmp_path / "cache",
+        num_workers=0,
+        progress=False,
+        log=lambda m: None,
+    )
     other = make_teacher(tmp_path / "other.pt", seed=2)
-    cfg = base_config(tmp_path / "x", train_m, teacher={"cache": str(tmp_path / "cache"), "spec": other},
-                      loss={"kd_weight": 0.5}, train={"epochs": 1, "max_steps": 1})
+    cfg = base_config(
+        tmp_path / "x",
+        train_m,
+        teacher={"cache": str(tmp_path / "cache"), "spec": other},
+        loss={"kd_weight": 0.5},
+        train={"epochs": 1, "max_steps": 1},
+    )
     with pytest.raises(CacheKeyError, match="another teacher.*weights hash"):
         train(cfg)
 
@@ -259,8 +330,23 @@ def _decode_and_score(root: Path, ckpt: Path, manifest: Path, drop: tuple[str, .
     from asrkd.cli import main as cli_main
 
     hyp, out = root / "hyp.txt", root / "wer.json"
-    assert cli_main(["decode", "--checkpoint", str(ckpt), "--manifest", str(manifest), "--out", str(hyp),
-                     "--no-progress", "--threads", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "decode",
+                "--checkpoint",
+                str(ckpt),
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(hyp),
+                "--no-progress",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     hyp.write_text("".join(line + "\n" for line in hyp.read_text().splitlines() if line.split()[0] not in drop))
     assert cli_main(["wer", "--normalize", "--ref", str(manifest), "--hyp", str(hyp), "--json", str(out)]) == 0
     return json.loads(out.read_text())
@@ -295,8 +381,13 @@ def test_rejected_dev_utterances_count_as_deletions(trained_with_dev):
     model, state = load_model(exp / "best.pt")
     cfg = load_checkpoint(exp / "best.pt")["config"]
     cfg["data"]["dev"] = str(bigger)
-    data = Data([], load_tokenizer(state["tokenizer"]), FeatureConfig.from_dict(state["features"]),
-                GlobalCMVN.from_dict(state["cmvn"]), None)
+    data = Data(
+        [],
+        load_tokenizer(state["tokenizer"]),
+        FeatureConfig.from_dict(state["features"]),
+        GlobalCMVN.from_dict(state["cmvn"]),
+        None,
+    )
     dev = build_dev(cfg, data, model, log=lambda msg: None)
     assert sorted(dev.refs) == sorted(r["id"] for r in rows)
     res = evaluate(model, dev.loader, dev.refs, data.tokenizer, torch.device("cpu"), rejects=dev.rejects)
@@ -363,8 +454,16 @@ def test_bad_audio_is_skipped_counted_and_empty_batches_pass(tmp_path, capsys):
 def test_config_file_overrides_and_errors(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("exp_dir: x\ndata:\n  train: t.jsonl\noptim:\n  lr: 0.002\nmodel:\n  overrides: {dropout: 0.2}\n")
-    cfg = load_config(conf, ["optim.lr=3e-4", "train.epochs=7", "model.overrides.chunk_size=8",
-                             "data.speed_perturb=[0.9, 1.0, 1.1]", "teacher.spec=null"])
+    cfg = load_config(
+        conf,
+        [
+            "optim.lr=3e-4",
+            "train.epochs=7",
+            "model.overrides.chunk_size=8",
+            "data.speed_perturb=[0.9, 1.0, 1.1]",
+            "teacher.spec=null",
+        ],
+    )
     assert cfg["optim"]["lr"] == 3e-4 and cfg["train"]["epochs"] == 7
     assert cfg["model"]["overrides"] == {"dropout": 0.2, "chunk_size": 8}
     assert cfg["data"]["speed_perturb"] == [0.9, 1.0, 1.1] and cfg["teacher"]["spec"] is None
@@ -401,8 +500,21 @@ def test_cli_print_config_and_missing_resume(tmp_path, capsys):
     assert main(["train", "--config", str(conf), "train.progress=false"]) == 1  # t.jsonl does not exist
     assert "t.jsonl" in capsys.readouterr().err
     manifest = make_corpus(tmp_path, "utts", 3)
-    assert main(["train", "--config", str(conf), f"data.train={manifest}", "loss.kd_weight=1",
-                 f"teacher.cache={tmp_path / 'nocache'}", "train.progress=false", "data.num_workers=0"]) == 1
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(conf),
+                f"data.train={manifest}",
+                "loss.kd_weight=1",
+                f"teacher.cache={tmp_path / 'nocache'}",
+                "train.progress=false",
+                "data.num_workers=0",
+            ]
+        )
+        == 1
+    )
     assert "teacher.cache: no teacher cache at" in capsys.readouterr().err
 
 
@@ -427,14 +539,14 @@ def test_time_budget_schedule(monkeypatch):
     monkeypatch.setattr(schedule_mod.time, "monotonic", lambda: clock["now"])
     cos = LRSchedule("cosine", warmup_steps=0, total_steps=100, min_lr_ratio=0.0)
     timed = schedule_mod.TimeBudget(cos, total_steps=100, deadline=110.0, min_steps=10)
-    assert timed(5) == cos(5)                     # no time used: the steps lead
+    assert timed(5) == cos(5)  # no time used: the steps lead
     clock["now"] = 101.0
-    assert timed(5) == cos(10) and timed(30) == cos(30)   # 10 % of the time: position 10 unless the steps are ahead
+    assert timed(5) == cos(10) and timed(30) == cos(30)  # 10 % of the time: position 10 unless the steps are ahead
     clock["now"] = 105.0
-    assert timed(2) == cos(20)                    # half the time, but only 2 of the first epoch's 10 steps
+    assert timed(2) == cos(20)  # half the time, but only 2 of the first epoch's 10 steps
     assert timed(8) == cos(50) and timed(60) == cos(60)
-    clock["now"] = 130.0                          # the time is spent
-    assert timed(5) == cos(50)                    # ... in the first epoch: it still gets the whole schedule
+    clock["now"] = 130.0  # the time is spent
+    assert timed(5) == cos(50)  # ... in the first epoch: it still gets the whole schedule
     assert timed(10) == cos(100) == pytest.approx(0.0) and timed(12) == cos(120)
 
 
@@ -449,7 +561,7 @@ def test_train_with_nothing_usable_prints_the_reject_table(tmp_path, content, ca
         manifest = make_corpus(tmp_path, "train", 3, bad={"0": "missing", "1": "corrupt", "2": "corrupt"})
     else:
         manifest = tmp_path / "train.jsonl"
-        manifest.write_text("not json\n{\"id\": 3}\n")
+        manifest.write_text('not json\n{"id": 3}\n')
     cfg = base_config(tmp_path, manifest, train={"epochs": 1})
     conf = tmp_path / "c.yaml"
     import yaml

@@ -16,8 +16,14 @@ from asrkd.train.config import DEFAULTS, ConfigError, load_config, validate
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_CONFIGS = sorted(ROOT.glob("recipes/*/conf/*.yaml"))
 # what recipes/librispeech/run.sh sets on the command line (its file leaves the paths null)
-RUN_SH_PATHS = ["data.train=d/train.jsonl", "data.dev=d/dev.jsonl", "teacher.cache=c/train", "teacher.spec=hf:x",
-                "train.device=cuda", "train.amp=bf16"]
+RUN_SH_PATHS = [
+    "data.train=d/train.jsonl",
+    "data.dev=d/dev.jsonl",
+    "teacher.cache=c/train",
+    "teacher.spec=hf:x",
+    "train.device=cuda",
+    "train.amp=bf16",
+]
 
 
 @pytest.fixture
@@ -30,11 +36,11 @@ def conf(tmp_path) -> Path:
 # (override, the dotted key the message must name, the value as the message must show it)
 BAD_VALUES = [
     # the attack round's cases
-    ("optim.clip_grad_norm=-1", "optim.clip_grad_norm", "-1"),           # was gradient ascent
-    ("loss.ctc_weight=.inf", "loss.ctc_weight", "inf"),                  # was every step skipped
-    ("data.max_seconds=.nan", "data.max_seconds", "nan"),                # was 0 steps
-    ("seed=abc", "seed", "'abc'"),                                       # was invalid literal for int()
-    ("data.train=[1,2]", "data.train", "[1, 2]"),                        # was expected str ... not list
+    ("optim.clip_grad_norm=-1", "optim.clip_grad_norm", "-1"),  # was gradient ascent
+    ("loss.ctc_weight=.inf", "loss.ctc_weight", "inf"),  # was every step skipped
+    ("data.max_seconds=.nan", "data.max_seconds", "nan"),  # was 0 steps
+    ("seed=abc", "seed", "'abc'"),  # was invalid literal for int()
+    ("data.train=[1,2]", "data.train", "[1, 2]"),  # was expected str ... not list
     # top level
     ("exp_dir=null", "exp_dir", "None"),
     ("exp_dir=3", "exp_dir", "3"),
@@ -53,12 +59,12 @@ BAD_VALUES = [
     ("data.max_duration=.inf", "data.max_duration", "inf"),
     ("data.max_seconds=0", "data.max_seconds", "0"),
     ("data.max_seconds=1e400", "data.max_seconds", "inf"),
-    ("data.max_seconds=1" + "0" * 400, "data.max_seconds", "1" + "0" * 400),   # an int beyond float
+    ("data.max_seconds=1" + "0" * 400, "data.max_seconds", "1" + "0" * 400),  # an int beyond float
     ("data.max_batch_size=0", "data.max_batch_size", "0"),
     ("data.num_buckets=0", "data.num_buckets", "0"),
     ("data.num_workers=-1", "data.num_workers", "-1"),
     ("data.num_workers=1.5", "data.num_workers", "1.5"),
-    ("data.specaug.freq_width=.nan", "data.specaug.freq_width", "nan"),   # the open sections
+    ("data.specaug.freq_width=.nan", "data.specaug.freq_width", "nan"),  # the open sections
     ("data.specaug.freq_masks=-1", "data.specaug.freq_masks", "-1"),
     ("data.specaug.time_width=2.5", "data.specaug.time_width", "2.5"),
     ("data.specaug.max_time_ratio=2", "data.specaug.max_time_ratio", "2"),
@@ -128,10 +134,13 @@ def test_bad_value_names_key_value_and_what_is_allowed(conf, override, key, show
     assert f"'{key}'" in msg and f"got {shown}" in msg and "must be" in msg, msg
 
 
-@pytest.mark.parametrize("overrides,match", [
-    (["data.min_duration=5", "data.max_duration=2"], r"data.min_duration \(5\) .* data.max_duration \(2\)"),
-    (["model.arch=emformer", "model.size=m"], None),  # valid: the size exists for that arch
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["data.min_duration=5", "data.max_duration=2"], r"data.min_duration \(5\) .* data.max_duration \(2\)"),
+        (["model.arch=emformer", "model.size=m"], None),  # valid: the size exists for that arch
+    ],
+)
 def test_cross_key_checks(conf, overrides, match):
     cfg = load_config(conf, overrides)
     if match is None:
@@ -141,12 +150,15 @@ def test_cross_key_checks(conf, overrides, match):
             validate(cfg)
 
 
-@pytest.mark.parametrize("content,match", [
-    (b"seed: 3\nexp_dir: x\xff\n", r"bad\.yaml, line 2: not UTF-8 text"),
-    (b"seed: 3\ndata:\n  train: [a, b\noptim: {}\n", r"bad\.yaml, line \d+, column \d+: not valid YAML"),
-    (b"seed: 3\n\tdata: 1\n", r"bad\.yaml, line 2, column 1: not valid YAML"),
-    (b"seed: !!python/name:os.system x\n", r"bad\.yaml, line 1, column 7: not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"seed: 3\nexp_dir: x\xff\n", r"bad\.yaml, line 2: not UTF-8 text"),
+        (b"seed: 3\ndata:\n  train: [a, b\noptim: {}\n", r"bad\.yaml, line \d+, column \d+: not valid YAML"),
+        (b"seed: 3\n\tdata: 1\n", r"bad\.yaml, line 2, column 1: not valid YAML"),
+        (b"seed: !!python/name:os.system x\n", r"bad\.yaml, line 1, column 7: not valid YAML"),
+    ],
+)
 def test_unreadable_config_file_names_file_and_line(tmp_path, content, match):
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(content)
@@ -176,8 +188,9 @@ def test_specaug_keys_are_spec_augments_arguments(conf):
 
     assert list(config_mod._SPECAUG) == list(inspect.signature(SpecAugment).parameters)
     assert set(DEFAULTS["data"]["specaug"]) == set(config_mod._SPECAUG)
-    with pytest.raises(ConfigError, match="unknown config key 'data.specaug.freq_mask'.*did you mean "
-                                          "data.specaug.freq_masks"):
+    with pytest.raises(
+        ConfigError, match="unknown config key 'data.specaug.freq_mask'.*did you mean data.specaug.freq_masks"
+    ):
         validate(load_config(conf, ["data.specaug.freq_mask=3"]))
 
 
@@ -188,17 +201,33 @@ def test_missing_key_in_a_python_config(conf):
         validate(cfg)
 
 
-@pytest.mark.parametrize("overrides", [
-    [],
-    ["optim.clip_grad_norm=null"], ["optim.clip_grad_norm=0"],          # no clipping
-    ["train.amp=off"], ["train.amp=null"], ["train.amp=bf16"], ["train.device=cuda:1"],
-    ["data.speed_perturb=[0.9, 1.0, 1.1]", "data.max_seconds=100", "data.min_duration=0.5", "data.max_duration=20"],
-    ["data.cmvn_utterances=null", "data.specaug=null", "data.features=null", "model.overrides=null"],
-    ["optim.min_lr_ratio=0.0", "optim.warmup_steps=0", "optim.total_steps=100", "optim.lr=3e-4", "seed=12345"],
-    ["train.epochs=6", "optim.lr=3e-3", "loss.temperature=2", "train.device=cpu", "data.num_workers=0"],
-    ["loss.kd_weight=1", "teacher.spec=asrkd:t.pt", "loss.ctc_weight=0", "loss.blank_mode=select",
-     "loss.unmapped=<unk>", "model.arch=emformer_ctc", "train.eval_every_steps=0", "train.threads=1"],
-], ids=lambda o: " ".join(o) or "defaults")
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["optim.clip_grad_norm=null"],
+        ["optim.clip_grad_norm=0"],  # no clipping
+        ["train.amp=off"],
+        ["train.amp=null"],
+        ["train.amp=bf16"],
+        ["train.device=cuda:1"],
+        ["data.speed_perturb=[0.9, 1.0, 1.1]", "data.max_seconds=100", "data.min_duration=0.5", "data.max_duration=20"],
+        ["data.cmvn_utterances=null", "data.specaug=null", "data.features=null", "model.overrides=null"],
+        ["optim.min_lr_ratio=0.0", "optim.warmup_steps=0", "optim.total_steps=100", "optim.lr=3e-4", "seed=12345"],
+        ["train.epochs=6", "optim.lr=3e-3", "loss.temperature=2", "train.device=cpu", "data.num_workers=0"],
+        [
+            "loss.kd_weight=1",
+            "teacher.spec=asrkd:t.pt",
+            "loss.ctc_weight=0",
+            "loss.blank_mode=select",
+            "loss.unmapped=<unk>",
+            "model.arch=emformer_ctc",
+            "train.eval_every_steps=0",
+            "train.threads=1",
+        ],
+    ],
+    ids=lambda o: " ".join(o) or "defaults",
+)
 def test_valid_values_still_validate(conf, overrides):
     validate(load_config(conf, overrides))
 
@@ -210,8 +239,13 @@ def test_recipe_configs_validate(path):
         cfg = load_config(path, RUN_SH_PATHS)
     validate(cfg)
     # the documented override examples
-    validate(load_config(path, ["train.epochs=6", "optim.lr=3e-3", "loss.temperature=2", "train.device=cpu",
-                                "data.num_workers=1"] + RUN_SH_PATHS[:3]))
+    validate(
+        load_config(
+            path,
+            ["train.epochs=6", "optim.lr=3e-3", "loss.temperature=2", "train.device=cpu", "data.num_workers=1"]
+            + RUN_SH_PATHS[:3],
+        )
+    )
 
 
 def test_partial_config_checks_values_but_not_missing_paths():
@@ -230,9 +264,15 @@ def test_recipe_configs_found():
 
 def test_tests_base_config_validates(tmp_path):
     validate(base_config(tmp_path, tmp_path / "train.jsonl", tmp_path / "dev.jsonl"))
-    validate(base_config(tmp_path, tmp_path / "train.jsonl", data={"max_batch_size": 1, "max_seconds": 2.5},
-                         optim={"lr": 1e-2, "warmup_steps": 2, "min_lr_ratio": 0.0},
-                         train={"epochs": 2, "max_steps": 3, "save_every_steps": 1}))
+    validate(
+        base_config(
+            tmp_path,
+            tmp_path / "train.jsonl",
+            data={"max_batch_size": 1, "max_seconds": 2.5},
+            optim={"lr": 1e-2, "warmup_steps": 2, "min_lr_ratio": 0.0},
+            train={"epochs": 2, "max_steps": 3, "save_every_steps": 1},
+        )
+    )
 
 
 def test_message_shows_allowed_values(conf):

@@ -29,9 +29,10 @@ def test_extends_errors_name_the_files(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"missing\.yaml.*extended by .*c\.yaml"):
         load_config(tmp_path / "c.yaml")
-    (tmp_path / "d.yaml").write_text("extends: [1]\n")
-    with pytest.raises(ConfigError, match="must name a YAML file"):
-        load_config(tmp_path / "d.yaml")
+    for bad in ("[1]", "null", "''"):
+        (tmp_path / "d.yaml").write_text(f"extends: {bad}\n")
+        with pytest.raises(ConfigError, match="must name a YAML file"):
+            load_config(tmp_path / "d.yaml")
     (tmp_path / "e.yaml").write_text("extends: b2.yaml\nlos: {}\n")
     (tmp_path / "b2.yaml").write_text("seed: 1\n")
     with pytest.raises(ConfigError, match=r"e\.yaml"):

@@ -30,11 +30,29 @@ def _free_port() -> int:
 def _torchrun(cfg: dict, tmp_path: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
     conf = tmp_path / f"{name}.yaml"
     conf.write_text(yaml.safe_dump(cfg))
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
     env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "asrkd.cli", "train", "--config", str(conf), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "asrkd.cli",
+        "train",
+        "--config",
+        str(conf),
+        *extra,
+    ]
     proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -46,8 +64,12 @@ def test_ddp_two_gloo_processes(tmp_path):
     train_m = tmp_path / "train.jsonl"
     train_m.write_text(labelled.read_text() + unlabelled.read_text())
     spec = make_teacher(tmp_path / "teacher.pt")
-    sections = {"data": {"max_batch_size": 1}, "teacher": {"spec": spec}, "loss": {"kd_weight": 0.5},
-                "train": {"epochs": 2}}
+    sections = {
+        "data": {"max_batch_size": 1},
+        "teacher": {"spec": spec},
+        "loss": {"kd_weight": 0.5},
+        "train": {"epochs": 2},
+    }
 
     straight = base_config(tmp_path / "a", train_m, **sections)
     proc = _torchrun(straight, tmp_path, "a")

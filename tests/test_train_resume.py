@@ -43,8 +43,13 @@ def test_kill_and_resume_gives_identical_parameters(tmp_path):
     conf.write_text(yaml.safe_dump(killed))
     last = Path(killed["exp_dir"]) / "last.pt"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "asrkd.cli", "train", "--config", str(conf)], cwd=tmp_path,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asrkd.cli", "train", "--config", str(conf)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
         if last.exists() and _last_step(last) >= 4:
@@ -79,8 +84,11 @@ def test_resume_with_more_epochs_follows_the_new_schedule(tmp_path):
     from asrkd.train.loop import train
 
     train_m = make_corpus(tmp_path, "train", 12, seed=0)
-    sections = {"data": {"max_seconds": 2.5}, "optim": {"lr": 1e-2, "warmup_steps": 2, "min_lr_ratio": 0.0},
-                "train": {"epochs": 1}}
+    sections = {
+        "data": {"max_seconds": 2.5},
+        "optim": {"lr": 1e-2, "warmup_steps": 2, "min_lr_ratio": 0.0},
+        "train": {"epochs": 1},
+    }
     first = train(base_config(tmp_path, train_m, **sections))
     spe = first["step"]
     last = tmp_path / "exp" / "last.pt"

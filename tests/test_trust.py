@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from asrkd.models.checkpoint import CheckpointError, load_checkpoint, safe_load, save_checkpoint, trusted_checkpoints
-from asrkd.cli import main as cli_main
-
 from test_train import make_corpus, make_teacher
+
+from asrkd.cli import main as cli_main
+from asrkd.models.checkpoint import CheckpointError, load_checkpoint, safe_load, save_checkpoint, trusted_checkpoints
 
 
 class _Payload:
@@ -30,8 +29,17 @@ class _Payload:
 
 
 def poisoned(path: Path, marker: Path) -> Path:
-    torch.save({"format": "asrkd-checkpoint-v1", "arch": "whisper_ctc", "model_kwargs": {}, "model": {},
-                "tokenizer": None, "payload": _Payload(marker)}, path)
+    torch.save(
+        {
+            "format": "asrkd-checkpoint-v1",
+            "arch": "whisper_ctc",
+            "model_kwargs": {},
+            "model": {},
+            "tokenizer": None,
+            "payload": _Payload(marker),
+        },
+        path,
+    )
     return path
 
 
@@ -48,16 +56,63 @@ def _entry_points(tmp_path: Path, bad: Path, manifest: Path) -> dict[str, list[s
     good = make_teacher(tmp_path / "good.pt").split(":", 1)[1]
     return {
         "decode --checkpoint": ["decode", "--checkpoint", str(bad), "--manifest", str(manifest), "--out", out],
-        "decode --checkpoint asrkd:": ["decode", "--checkpoint", f"asrkd:{bad}", "--manifest", str(manifest),
-                                       "--out", out],
-        "decode --emission-delay-ref": ["decode", "--checkpoint", good, "--manifest", str(manifest), "--out", out,
-                                        "--emission-delay-ref", str(bad), "--no-progress"],
-        "cache-teacher --teacher asrkd:": ["cache-teacher", "--teacher", f"asrkd:{bad}", "--manifest", str(manifest),
-                                           "--out", out, "--quiet", "--num-workers", "0"],
-        "cache-teacher --teacher X.pt": ["cache-teacher", "--teacher", str(bad), "--manifest", str(manifest),
-                                         "--out", out, "--quiet", "--num-workers", "0"],
-        "teacher-adapt --teacher X.pt": ["teacher-adapt", "--teacher", str(bad), "--train", str(manifest),
-                                         "--tokenizer", str(tmp_path / "tok.json"), "--out", out, "--no-progress"],
+        "decode --checkpoint asrkd:": [
+            "decode",
+            "--checkpoint",
+            f"asrkd:{bad}",
+            "--manifest",
+            str(manifest),
+            "--out",
+            out,
+        ],
+        "decode --emission-delay-ref": [
+            "decode",
+            "--checkpoint",
+            good,
+            "--manifest",
+            str(manifest),
+            "--out",
+            out,
+            "--emission-delay-ref",
+            str(bad),
+            "--no-progress",
+        ],
+        "cache-teacher --teacher asrkd:": [
+            "cache-teacher",
+            "--teacher",
+            f"asrkd:{bad}",
+            "--manifest",
+            str(manifest),
+            "--out",
+            out,
+            "--quiet",
+            "--num-workers",
+            "0",
+        ],
+        "cache-teacher --teacher X.pt": [
+            "cache-teacher",
+            "--teacher",
+            str(bad),
+            "--manifest",
+            str(manifest),
+            "--out",
+            out,
+            "--quiet",
+            "--num-workers",
+            "0",
+        ],
+        "teacher-adapt --teacher X.pt": [
+            "teacher-adapt",
+            "--teacher",
+            str(bad),
+            "--train",
+            str(manifest),
+            "--tokenizer",
+            str(tmp_path / "tok.json"),
+            "--out",
+            out,
+            "--no-progress",
+        ],
         "train --resume X.pt": ["train", "--resume", str(bad)],
         "export --checkpoint": ["export", "--checkpoint", str(bad), "--out", out],
         "report --exp": ["report", "--exp", str(exp)],
@@ -94,8 +149,9 @@ def test_trust_checkpoint_is_an_explicit_opt_in(tmp_path, corpus, capsys):
 
 def test_asrkd_checkpoints_load_without_unpickling_code(tmp_path):
     """Everything asrkd writes (RNG states, optimizer, config, tokenizer) is tensors and plain data."""
-    from asrkd.train.loop import train
     from test_train import base_config
+
+    from asrkd.train.loop import train
 
     m = make_corpus(tmp_path, "train", 6)
     train(base_config(tmp_path, m, train={"epochs": 1}))
@@ -131,8 +187,16 @@ def test_decode_refuses_to_overwrite_its_manifest(tmp_path, corpus, capsys):
     ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
     before = corpus.read_bytes()
     for flag in ("--out", "--json", "--report"):
-        argv = ["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(tmp_path / "hyp.txt"),
-                "--no-progress"]
+        argv = [
+            "decode",
+            "--checkpoint",
+            ckpt,
+            "--manifest",
+            str(corpus),
+            "--out",
+            str(tmp_path / "hyp.txt"),
+            "--no-progress",
+        ]
         if flag == "--out":
             argv[argv.index("--out") + 1] = str(corpus)
         else:
@@ -156,8 +220,16 @@ def test_cli_errors_are_one_line_unless_debug(tmp_path, corpus, capsys, monkeypa
     ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    argv = ["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(blocker / "hyp.txt"),
-            "--no-progress"]
+    argv = [
+        "decode",
+        "--checkpoint",
+        ckpt,
+        "--manifest",
+        str(corpus),
+        "--out",
+        str(blocker / "hyp.txt"),
+        "--no-progress",
+    ]
     assert cli_main(argv) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -188,8 +260,20 @@ def test_decode_json_and_export_are_atomic_on_a_full_disk(tmp_path, corpus, monk
         return real(fd)
 
     monkeypatch.setattr(asrkd.atomic.os, "fsync", full)
-    rc = cli_main(["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(tmp_path / "hyp.txt"),
-                   "--json", str(stats), "--no-progress"])
+    rc = cli_main(
+        [
+            "decode",
+            "--checkpoint",
+            ckpt,
+            "--manifest",
+            str(corpus),
+            "--out",
+            str(tmp_path / "hyp.txt"),
+            "--json",
+            str(stats),
+            "--no-progress",
+        ]
+    )
     assert rc == 1 and json.loads(stats.read_text()) == {"old": 1}
     assert "No space left on device" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
@@ -230,8 +314,22 @@ def test_decode_does_not_skip_good_audio_with_an_empty_transcript(tmp_path, caps
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
     hyp = tmp_path / "hyp.txt"
-    assert cli_main(["decode", "--checkpoint", ckpt, "--manifest", str(manifest), "--out", str(hyp),
-                     "--no-progress", "--strict"]) == 0
+    assert (
+        cli_main(
+            [
+                "decode",
+                "--checkpoint",
+                ckpt,
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(hyp),
+                "--no-progress",
+                "--strict",
+            ]
+        )
+        == 0
+    )
     lines = dict((line.split(" ", 1) + [""])[:2] for line in hyp.read_text().splitlines())
     assert set(lines) == {"c-000", "c-001", "c-002"} and lines["c-001"].strip(), lines
     assert "empty_text" not in capsys.readouterr().out
@@ -288,8 +386,12 @@ def test_read_only_output_folder_names_the_output(tmp_path, small_fs, corpus, ca
     ro = small_fs("ro", read_only=True)
     ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
     capsys.readouterr()
-    assert cli_main(["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(ro / "h.txt"),
-                     "--no-progress"]) == 1
+    assert (
+        cli_main(
+            ["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(ro / "h.txt"), "--no-progress"]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert f"cannot write {ro / 'h.txt'}: Read-only file system" in err and ".tmp" not in err, err
 
@@ -303,8 +405,9 @@ def test_refusals_name_what_the_file_wants_in_every_format(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"format": "asrkd-checkpoint-v1", "x": System()}, tmp_path / "legacy.pt",
-               _use_new_zipfile_serialization=False)
+    torch.save(
+        {"format": "asrkd-checkpoint-v1", "x": System()}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False
+    )
     torch.save({"format": "asrkd-checkpoint-v1", "x": System()}, tmp_path / "zip.pt")
     for name in ("legacy.pt", "zip.pt"):
         with pytest.raises(CheckpointError) as info:
@@ -329,8 +432,10 @@ def test_a_zip_bomb_is_refused_before_inflating(tmp_path):
     import zipfile
 
     torch.save({"format": "asrkd-checkpoint-v1", "w": torch.zeros(16 * 2**20)}, tmp_path / "plain.pt")  # 64 MiB
-    with zipfile.ZipFile(tmp_path / "plain.pt") as src, \
-            zipfile.ZipFile(tmp_path / "bomb.pt", "w", compression=zipfile.ZIP_DEFLATED) as dst:
+    with (
+        zipfile.ZipFile(tmp_path / "plain.pt") as src,
+        zipfile.ZipFile(tmp_path / "bomb.pt", "w", compression=zipfile.ZIP_DEFLATED) as dst,
+    ):
         for info in src.infolist():
             dst.writestr(info.filename, src.read(info.filename))
     assert (tmp_path / "bomb.pt").stat().st_size < 2**20
@@ -348,11 +453,14 @@ def test_model_kwargs_cannot_make_us_allocate_beyond_the_weights(tmp_path):
     state = load_checkpoint(path)
     state["model_kwargs"] = dict(state["model_kwargs"], d_model=8192, ffn_dim=32768, num_layers=2)
     torch.save(state, tmp_path / "big.pt")
-    code = ("import resource, sys, torch; from asrkd.models.checkpoint import load_model\n"
-            "try:\n    load_model(sys.argv[1])\nexcept Exception as e:\n    print(e)\n"
-            "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)")
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "big.pt")], capture_output=True, text=True,
-                         timeout=300).stdout
+    code = (
+        "import resource, sys, torch; from asrkd.models.checkpoint import load_model\n"
+        "try:\n    load_model(sys.argv[1])\nexcept Exception as e:\n    print(e)\n"
+        "print('peak_mb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "big.pt")], capture_output=True, text=True, timeout=300
+    ).stdout
     assert "its weights do not match its model_kwargs" in out, out
     assert int(out.rsplit("peak_mb", 1)[1]) < 1500, out
 
@@ -366,16 +474,42 @@ def test_outputs_never_overwrite_inputs_named_through_specs(tmp_path, corpus, ca
     ckpt = make_teacher(tmp_path / "s.pt").split(":", 1)[1]
     ref = tmp_path / "ref.pt"
     shutil.copy(ckpt, ref)
-    keep = {p: p.read_bytes() for p in (ref, corpus, *[Path(json.loads(x)["audio"]) for x in corpus.read_text()
-                                                        .splitlines()])}
+    keep = {
+        p: p.read_bytes()
+        for p in (ref, corpus, *[Path(json.loads(x)["audio"]) for x in corpus.read_text().splitlines()])
+    }
     audio0 = Path(json.loads(corpus.read_text().splitlines()[0])["audio"])
     out = str(tmp_path / "h.txt")
     attempts = [
-        ["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", out, "--no-progress",
-         "--emission-delay-ref", f"forced-align:{ref}", "--json", str(ref)],
+        [
+            "decode",
+            "--checkpoint",
+            ckpt,
+            "--manifest",
+            str(corpus),
+            "--out",
+            out,
+            "--no-progress",
+            "--emission-delay-ref",
+            f"forced-align:{ref}",
+            "--json",
+            str(ref),
+        ],
         ["decode", "--checkpoint", ckpt, "--manifest", str(corpus), "--out", str(audio0), "--no-progress"],
-        ["cache-teacher", "--teacher", f"asrkd:{ref}", "--manifest", str(corpus), "--out", str(tmp_path / "c"),
-         "--report", str(ref), "--quiet", "--num-workers", "0"],
+        [
+            "cache-teacher",
+            "--teacher",
+            f"asrkd:{ref}",
+            "--manifest",
+            str(corpus),
+            "--out",
+            str(tmp_path / "c"),
+            "--report",
+            str(ref),
+            "--quiet",
+            "--num-workers",
+            "0",
+        ],
     ]
     for argv in attempts:
         capsys.readouterr()
@@ -389,8 +523,23 @@ def test_outputs_never_overwrite_inputs_named_through_specs(tmp_path, corpus, ca
 def test_teacher_adapt_refuses_to_replace_the_whisper_weights(tmp_path, corpus, capsys):
     weights = tmp_path / "w.bin"
     weights.write_bytes(b"stand-in for model.bin")  # refused before anything is read
-    assert cli_main(["teacher-adapt", "--teacher", f"whisper:{weights}", "--train", str(corpus), "--tokenizer",
-                     str(tmp_path / "tok.json"), "--out", str(weights), "--no-progress"]) == 1
+    assert (
+        cli_main(
+            [
+                "teacher-adapt",
+                "--teacher",
+                f"whisper:{weights}",
+                "--train",
+                str(corpus),
+                "--tokenizer",
+                str(tmp_path / "tok.json"),
+                "--out",
+                str(weights),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "destroy" in capsys.readouterr().err and weights.read_bytes() == b"stand-in for model.bin"
 
 
@@ -398,7 +547,6 @@ def test_train_refuses_outputs_over_its_inputs(tmp_path, capsys):
     import shutil
 
     import yaml
-
     from test_train import base_config
 
     m = make_corpus(tmp_path, "train", 6)
@@ -406,8 +554,7 @@ def test_train_refuses_outputs_over_its_inputs(tmp_path, capsys):
     exp.mkdir()
     teacher = Path(make_teacher(exp / "best.pt").split(":", 1)[1])
     before = teacher.read_bytes()
-    cfg = base_config(tmp_path, m, train={"epochs": 1}, teacher={"spec": f"asrkd:{teacher}"},
-                      loss={"kd_weight": 0.5})
+    cfg = base_config(tmp_path, m, train={"epochs": 1}, teacher={"spec": f"asrkd:{teacher}"}, loss={"kd_weight": 0.5})
     conf = tmp_path / "c.yaml"
     conf.write_text(yaml.safe_dump(cfg))
     assert cli_main(["train", "--config", str(conf)]) == 1
@@ -436,7 +583,6 @@ def test_report_refuses_to_overwrite_what_it_reads(tmp_path, capsys):
 
 def test_resume_refuses_another_front_end_and_keeps_config(tmp_path, capsys):
     import yaml
-
     from test_train import base_config
 
     m = make_corpus(tmp_path, "train", 6)

@@ -73,9 +73,12 @@ def _help_line(modname: str) -> str:
 def _add_common_arguments(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--debug", action="store_true", help="on an error, show the full traceback (also: ASRKD_DEBUG=1)")
     if name in READS_CHECKPOINTS:
-        p.add_argument("--trust-checkpoint", action="store_true",
-                       help="fully unpickle .pt files that hold more than tensors and plain data (this runs any "
-                            "code they contain: only for files you made yourself)")
+        p.add_argument(
+            "--trust-checkpoint",
+            action="store_true",
+            help="fully unpickle .pt files that hold more than tensors and plain data (this runs any "
+            "code they contain: only for files you made yourself)",
+        )
 
 
 def describe_error(err: BaseException) -> str:
@@ -112,4 +115,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {describe_error(err)}", file=sys.stderr)
         return 1
-

@@ -24,15 +24,23 @@ HELP = "run a teacher once over a manifest and store its outputs (dense fp16 or 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--teacher", required=True, help="teacher spec (see `asrkd.models.teachers.load_teacher`), "
-                                                   "e.g. asrkd:exp/mini/teacher.pt")
+    p.add_argument(
+        "--teacher",
+        required=True,
+        help="teacher spec (see `asrkd.models.teachers.load_teacher`), e.g. asrkd:exp/mini/teacher.pt",
+    )
     p.add_argument("--manifest", required=True, help="manifest JSONL whose utterances are run through the teacher")
     p.add_argument("--out", required=True, help="cache folder (index.json + shard-*.pt)")
-    p.add_argument("--topk", type=int, default=0, help="store the top-K log-probabilities per frame "
-                                                      "(default 0: dense log-probabilities)")
+    p.add_argument(
+        "--topk",
+        type=int,
+        default=0,
+        help="store the top-K log-probabilities per frame (default 0: dense log-probabilities)",
+    )
     p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard (default 1000)")
-    p.add_argument("--batch-seconds", type=float, default=200.0,
-                   help="padded audio seconds per teacher batch (default 200)")
+    p.add_argument(
+        "--batch-seconds", type=float, default=200.0, help="padded audio seconds per teacher batch (default 200)"
+    )
     p.add_argument("--num-workers", type=int, default=2, help="audio-loading worker processes (default 2)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
@@ -49,14 +57,24 @@ def run(args: argparse.Namespace) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out)
     # Refused before the teacher runs (minutes to hours), not after.
-    refuse_overwrite({"--report": args.report, "--out index": out / INDEX},
-                     {"--manifest": args.manifest, "--teacher": spec_file(args.teacher)})
+    refuse_overwrite(
+        {"--report": args.report, "--out index": out / INDEX},
+        {"--manifest": args.manifest, "--teacher": spec_file(args.teacher)},
+    )
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a cache folder: writing there would replace it")
-    rejects = cache_teacher(args.teacher, args.manifest, args.out, topk=args.topk or None,
-                            shard_size=args.shard_size, batch_seconds=args.batch_seconds,
-                            num_workers=args.num_workers, device=device, force=args.force,
-                            progress=not args.quiet)  # a key mismatch (CacheKeyError): one line from asrkd.cli
+    rejects = cache_teacher(
+        args.teacher,
+        args.manifest,
+        args.out,
+        topk=args.topk or None,
+        shard_size=args.shard_size,
+        batch_seconds=args.batch_seconds,
+        num_workers=args.num_workers,
+        device=device,
+        force=args.force,
+        progress=not args.quiet,
+    )  # a key mismatch (CacheKeyError): one line from asrkd.cli
     print(rejects.summary())
     if args.report:
         rejects.write_report(args.report)

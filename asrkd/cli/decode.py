@@ -26,27 +26,42 @@ HELP = "decode a manifest with an asrkd checkpoint (full-utterance or streaming)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="asrkd checkpoint (any arch: student, adapted teacher, ...) or a teacher spec")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="asrkd checkpoint (any arch: student, adapted teacher, ...) or a teacher spec",
+    )
     parser.add_argument("--manifest", required=True, help="manifest JSONL to decode")
     parser.add_argument("--out", required=True, help="hypotheses, Kaldi style: utt-id word word ...")
     s = parser.add_argument_group("streaming")
     s.add_argument("--streaming", action="store_true", help="decode chunk by chunk through the student's streaming API")
-    s.add_argument("--chunk-ms", type=float, default=None,
-                   help="audio per push in ms: a multiple of the feature hop (default: the model's native chunk)")
-    s.add_argument("--emission-delay-ref", metavar="TEACHER_CKPT|forced-align[:CKPT]",
-                   help="per-token emission delay against a teacher's full-context CTC spikes, or a forced "
-                        "alignment of the reference text (on this model's full-context log-probs, or CKPT's)")
+    s.add_argument(
+        "--chunk-ms",
+        type=float,
+        default=None,
+        help="audio per push in ms: a multiple of the feature hop (default: the model's native chunk)",
+    )
+    s.add_argument(
+        "--emission-delay-ref",
+        metavar="TEACHER_CKPT|forced-align[:CKPT]",
+        help="per-token emission delay against a teacher's full-context CTC spikes, or a forced "
+        "alignment of the reference text (on this model's full-context log-probs, or CKPT's)",
+    )
     d = parser.add_argument_group("search")
     d.add_argument("--decoder", choices=("greedy", "beam"), default="greedy")
     d.add_argument("--beam", type=int, default=8, help="beam size (--decoder beam)")
-    d.add_argument("--beam-backend", choices=("auto", "torchaudio", "asrkd"), default="auto",
-                   help="auto: torchaudio's flashlight decoder when flashlight-text is installed, else asrkd's")
+    d.add_argument(
+        "--beam-backend",
+        choices=("auto", "torchaudio", "asrkd"),
+        default="auto",
+        help="auto: torchaudio's flashlight decoder when flashlight-text is installed, else asrkd's",
+    )
     d.add_argument("--lexicon", help="flashlight lexicon (word spelling |), torchaudio backend")
     d.add_argument("--lm", help="KenLM model (ARPA or binary), torchaudio backend")
     d.add_argument("--lm-weight", type=float, default=None, help="LM weight (torchaudio backend; default 2.0)")
-    d.add_argument("--word-score", type=float, default=None,
-                   help="word insertion score (torchaudio backend; default 0)")
+    d.add_argument(
+        "--word-score", type=float, default=None, help="word insertion score (torchaudio backend; default 0)"
+    )
     r = parser.add_argument_group("run")
     r.add_argument("--batch-seconds", type=float, default=60.0, help="padded audio seconds per batch (full-utterance)")
     r.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -79,9 +94,16 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.manifest).is_file():
         raise FileNotFoundError(f"manifest not found: {args.manifest}")
     outputs = {"--out": args.out, "--json": args.json, "--report": args.report}
-    refuse_overwrite(outputs, {"--manifest": args.manifest, "--checkpoint": spec_file(args.checkpoint),
-                               "--lexicon": args.lexicon, "--lm": args.lm,
-                               "--emission-delay-ref": spec_file(args.emission_delay_ref)})
+    refuse_overwrite(
+        outputs,
+        {
+            "--manifest": args.manifest,
+            "--checkpoint": spec_file(args.checkpoint),
+            "--lexicon": args.lexicon,
+            "--lm": args.lm,
+            "--emission-delay-ref": spec_file(args.emission_delay_ref),
+        },
+    )
     audio = [u.audio for u in load_manifest(args.manifest, Rejects(), audio_only=True)]
     refuse_overwrite_files(outputs, audio, f"an audio file of {args.manifest}")
     options = {k: v for k, v in (("lm_weight", args.lm_weight), ("word_score", args.word_score)) if v is not None}
@@ -89,10 +111,21 @@ def run(args: argparse.Namespace) -> int:
         return fail("--lm-weight/--word-score belong to the torchaudio beam search")
     rejects = Rejects()
     hyps, stats = decode_manifest(
-        args.checkpoint, args.manifest, streaming=args.streaming, chunk_ms=args.chunk_ms, decoder=args.decoder,
-        beam=args.beam, lexicon=args.lexicon, lm=args.lm, beam_backend=args.beam_backend,
-        decoder_options=options or None, batch_seconds=args.batch_seconds, device=args.device,
-        threads=args.threads, emission_delay_ref=args.emission_delay_ref, rejects=rejects,
+        args.checkpoint,
+        args.manifest,
+        streaming=args.streaming,
+        chunk_ms=args.chunk_ms,
+        decoder=args.decoder,
+        beam=args.beam,
+        lexicon=args.lexicon,
+        lm=args.lm,
+        beam_backend=args.beam_backend,
+        decoder_options=options or None,
+        batch_seconds=args.batch_seconds,
+        device=args.device,
+        threads=args.threads,
+        emission_delay_ref=args.emission_delay_ref,
+        rejects=rejects,
         progress=not args.no_progress,
     )  # errors of the run itself (a refused checkpoint, bad audio settings): one line from asrkd.cli, exit 1
     if not hyps:

@@ -60,18 +60,23 @@ def run(args: argparse.Namespace) -> int:
     ref = reference.kd_kl_div(s64, teacher.double(), lengths, temperature=args.temperature)
     ref.backward()
     grad_err = (student.grad.double() - s64.grad).abs().max().item()
-    print(f"loss (B,T,V)=({B},{T},{V}), T={args.temperature}: fused {loss.item():.6f}  fp64 reference {ref.item():.6f}"
-          f"  |Δloss| {abs(loss.item() - ref.item()):.2e}  max|Δgrad| {grad_err:.2e}")
+    print(
+        f"loss (B,T,V)=({B},{T},{V}), T={args.temperature}: fused {loss.item():.6f}  fp64 reference {ref.item():.6f}"
+        f"  |Δloss| {abs(loss.item() - ref.item()):.2e}  max|Δgrad| {grad_err:.2e}"
+    )
 
     def step(fn):
         def go():
             student.grad = None
             fn().backward()
+
         return go
 
     t_fused = _time(step(lambda: ops.kd_kl_div(student, teacher, lengths, temperature=args.temperature)))
     t_eager = _time(step(lambda: _eager(student, teacher, lengths, args.temperature)))
-    print(f"forward+backward on {torch.get_num_threads()} CPU threads: fused {t_fused * 1e3:.2f} ms, "
-          f"PyTorch eager {t_eager * 1e3:.2f} ms -> {t_eager / t_fused:.1f}x "
-          "(full comparison: benchmarks/bench_kd_kl.py)")
+    print(
+        f"forward+backward on {torch.get_num_threads()} CPU threads: fused {t_fused * 1e3:.2f} ms, "
+        f"PyTorch eager {t_eager * 1e3:.2f} ms -> {t_eager / t_fused:.1f}x "
+        "(full comparison: benchmarks/bench_kd_kl.py)"
+    )
     return 0

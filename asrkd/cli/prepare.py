@@ -15,23 +15,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("layout", choices=["kaldi", "librispeech", "folder"], help="source layout")
     p.add_argument("src", type=Path, help="Kaldi data dir / LibriSpeech folder / folder of audio files")
     p.add_argument("out", type=Path, help="manifest to write (JSONL)")
-    p.add_argument("--report", type=Path, default=None,
-                   help="write every rejected item as a JSONL line {id, kind, reason}")
+    p.add_argument(
+        "--report", type=Path, default=None, help="write every rejected item as a JSONL line {id, kind, reason}"
+    )
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any item was rejected")
-    p.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1),
-                   help="parallel audio checks (default: min(8, CPUs))")
+    p.add_argument(
+        "--jobs", type=int, default=min(8, os.cpu_count() or 1), help="parallel audio checks (default: min(8, CPUs))"
+    )
     vocab = p.add_mutually_exclusive_group()
-    vocab.add_argument("--tokenizer", type=Path, default=None,
-                       help="check transcripts against this saved tokenizer (default: English characters a-z ')")
+    vocab.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="check transcripts against this saved tokenizer (default: English characters a-z ')",
+    )
     vocab.add_argument("--no-vocab-check", action="store_true", help="accept any characters after normalisation")
-    p.add_argument("--subsampling", type=int, default=4,
-                   help="student subsampling factor for the CTC length check (default 4)")
+    p.add_argument(
+        "--subsampling", type=int, default=4, help="student subsampling factor for the CTC length check (default 4)"
+    )
     p.add_argument("--hop-ms", type=float, default=10.0, help="feature hop for the CTC length check (default 10)")
-    p.add_argument("--pipe-dir", type=Path, default=None,
-                   help="kaldi: where audio from piped wav.scp entries is stored (default: OUT stem + '.audio/')")
-    p.add_argument("--allow-commands", action="store_true",
-                   help="kaldi: run piped wav.scp entries (`cmd ... |`) with bash -c; without it they are rejected "
-                        "as unsupported. A command can do anything your user can: only for data dirs you trust")
+    p.add_argument(
+        "--pipe-dir",
+        type=Path,
+        default=None,
+        help="kaldi: where audio from piped wav.scp entries is stored (default: OUT stem + '.audio/')",
+    )
+    p.add_argument(
+        "--allow-commands",
+        action="store_true",
+        help="kaldi: run piped wav.scp entries (`cmd ... |`) with bash -c; without it they are rejected "
+        "as unsupported. A command can do anything your user can: only for data dirs you trust",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -47,8 +61,10 @@ def _refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
     src = args.src.resolve()
     for name, path in outputs.items():
         if path is not None and path.exists() and path.resolve().is_relative_to(src) and _read_by_import(path):
-            raise ValueError(f"{name} {path} is a file of the source {args.src}: writing it would destroy an input; "
-                             "choose an output path outside it")
+            raise ValueError(
+                f"{name} {path} is a file of the source {args.src}: writing it would destroy an input; "
+                "choose an output path outside it"
+            )
 
 
 def _read_by_import(path: Path) -> bool:
@@ -83,9 +99,11 @@ def run(args: argparse.Namespace) -> int:
     if args.report is not None:
         rejects.write_report(args.report)
     s = manifest_stats(utts)
-    print(f"wrote {s['utterances']} utterances ({s['hours']:.2f} h; {s['labelled']} labelled, "
-          f"{s['unlabelled']} unlabelled; {s['speakers']} speakers) to {args.out} "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"wrote {s['utterances']} utterances ({s['hours']:.2f} h; {s['labelled']} labelled, "
+        f"{s['unlabelled']} unlabelled; {s['speakers']} speakers) to {args.out} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     print(rejects.summary())
     if args.report is not None:
         print(f"report: {args.report}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 import os
 import sys
 from pathlib import Path
@@ -13,14 +12,17 @@ from asrkd.data.synth import SynthConfig, SynthError, synthesize
 HELP = "synthesize the offline mini corpus with espeak-ng (train/dev/test manifests, held-out voices)"
 
 
-# -- CLI ------------------------------------------------------------------------------------------
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SynthConfig()
     p.add_argument("out_dir", type=Path, help="corpus folder (manifests, wavs/, corpus.json)")
-    p.add_argument("--hours", type=float, default=d.train_hours, help=f"training audio in hours (default {d.train_hours})")
+    p.add_argument(
+        "--hours", type=float, default=d.train_hours, help=f"training audio in hours (default {d.train_hours})"
+    )
     p.add_argument("--dev-minutes", type=float, default=d.dev_minutes, help=f"default {d.dev_minutes}")
     p.add_argument("--test-minutes", type=float, default=d.test_minutes, help=f"default {d.test_minutes}")
-    p.add_argument("--quick", action="store_true", help="a few minutes of audio in all (CI): 4 min train, 1 dev, 1 test")
+    p.add_argument(
+        "--quick", action="store_true", help="a few minutes of audio in all (CI): 4 min train, 1 dev, 1 test"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel synthesis processes")
     p.add_argument("--force", action="store_true", help="synthesize again even if OUT_DIR holds this corpus")
@@ -31,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         config = SynthConfig.quick(seed=args.seed)
     else:
-        config = SynthConfig(train_hours=args.hours, dev_minutes=args.dev_minutes, test_minutes=args.test_minutes,
-                             seed=args.seed)
+        config = SynthConfig(
+            train_hours=args.hours, dev_minutes=args.dev_minutes, test_minutes=args.test_minutes, seed=args.seed
+        )
     try:
         stats = synthesize(args.out_dir, config, jobs=args.jobs, progress=not args.quiet, force=args.force)
     except SynthError as err:
@@ -41,16 +44,17 @@ def run(args: argparse.Namespace) -> int:
     sec, n, spk = stats["seconds"], stats["utterances"], stats["speakers"]
     if stats.get("reused"):
         print(f"{args.out_dir}: corpus already synthesized with these settings (use --force to redo)")
-    print(f"corpus: train {n['train']} utt / {sec['train'] / 3600:.2f} h / {spk['train']} speakers, "
-          f"dev {n['dev']} / {sec['dev'] / 60:.1f} min / {spk['dev']}, "
-          f"test {n['test']} / {sec['test'] / 60:.1f} min / {spk['test']}; "
-          f"{stats['distinct_words']['train']} distinct training words; {stats['bytes'] / 1e6:.0f} MB")
+    print(
+        f"corpus: train {n['train']} utt / {sec['train'] / 3600:.2f} h / {spk['train']} speakers, "
+        f"dev {n['dev']} / {sec['dev'] / 60:.1f} min / {spk['dev']}, "
+        f"test {n['test']} / {sec['test'] / 60:.1f} min / {spk['test']}; "
+        f"{stats['distinct_words']['train']} distinct training words; {stats['bytes'] / 1e6:.0f} MB"
+    )
     if not stats.get("reused"):
         print(f"time: {stats['wall_s']:.1f} s with {stats['jobs']} processes")
     if stats["failed"]:
         for uid, err in list(stats["failed"].items())[:10]:
             print(f"failed: {uid}: {err}", file=sys.stderr)
-        print(f"asrkd synth: {len(stats['failed'])} utterance(s) failed; manifests leave them out",
-              file=sys.stderr)
+        print(f"asrkd synth: {len(stats['failed'])} utterance(s) failed; manifests leave them out", file=sys.stderr)
         return 1
     return 0

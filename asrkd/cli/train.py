@@ -21,11 +21,21 @@ HELP = "train a streaming student: CTC + λ·KD from a cached or in-the-loop tea
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config (see docs/training.md); optional with --resume CKPT")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="continue a run exactly: from CKPT, or (no value) from EXP_DIR/last.pt if it exists")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="CKPT",
+        help="continue a run exactly: from CKPT, or (no value) from EXP_DIR/last.pt if it exists",
+    )
     p.add_argument("--print-config", action="store_true", help="print the full config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides with dotted keys, values in YAML: optim.lr=3e-4 train.epochs=5")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides with dotted keys, values in YAML: optim.lr=3e-4 train.epochs=5",
+    )
 
 
 def resolve(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-
 import json
 import sys
 from collections.abc import Mapping
@@ -28,13 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(unit costs via jiwer, as Kaldi compute-wer)",
     )
     g = parser.add_argument_group("text normalisation (applied to both sides; whitespace is always normalised)")
-    g.add_argument("--normalize", action="store_true",
-                   help="asrkd's transcript normalisation (the tokenizers' and the trainer's dev WER: lower case, "
-                        "numbers as words, accents and punctuation removed); the other options apply after it")
-    g.add_argument("--lowercase", action="store_true", help="case-fold both sides")
     g.add_argument(
-        "--strip-punct", action="store_true", help="punctuation becomes spaces; apostrophes are deleted"
+        "--normalize",
+        action="store_true",
+        help="asrkd's transcript normalisation (the tokenizers' and the trainer's dev WER: lower case, "
+        "numbers as words, accents and punctuation removed); the other options apply after it",
     )
+    g.add_argument("--lowercase", action="store_true", help="case-fold both sides")
+    g.add_argument("--strip-punct", action="store_true", help="punctuation becomes spaces; apostrophes are deleted")
     g.add_argument("--keep-apostrophes", action="store_true", help="with --strip-punct: keep apostrophes (don't)")
     g.add_argument("--unicode", choices=("NFC", "NFKC"), help="Unicode normal form to apply first")
     g.add_argument(

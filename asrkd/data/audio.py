@@ -21,8 +21,15 @@ from asrkd.atomic import atomic_write
 SAMPLE_RATE = 16000
 
 #: Kinds of :class:`AudioError`, in the order a file is checked.
-AUDIO_ERROR_KINDS = ("missing_file", "unreadable", "truncated", "duration_mismatch", "empty_audio", "nan_audio",
-                     "out_of_range")
+AUDIO_ERROR_KINDS = (
+    "missing_file",
+    "unreadable",
+    "truncated",
+    "duration_mismatch",
+    "empty_audio",
+    "nan_audio",
+    "out_of_range",
+)
 
 # A manifest's duration may differ from the file's length by this much (rounding, resampling,
 # encoder padding of compressed formats); beyond it the manifest describes other audio.
@@ -39,8 +46,12 @@ def check_duration(path: str | Path, have: float, declared: float) -> None:
     """Raise ``AudioError(kind="duration_mismatch")`` when ``have`` seconds of audio are not the
     ``declared`` ones within :func:`duration_tolerance`."""
     if abs(have - declared) > duration_tolerance(declared):
-        raise AudioError(f"{path}: holds {have:.2f} s, the manifest says {declared:.2f} s (more than "
-                         f"{duration_tolerance(declared):.2f} s apart)", "duration_mismatch")
+        raise AudioError(
+            f"{path}: holds {have:.2f} s, the manifest says {declared:.2f} s (more than "
+            f"{duration_tolerance(declared):.2f} s apart)",
+            "duration_mismatch",
+        )
+
 
 # WAV writers that stream to a pipe (espeak-ng --stdout, sox -) put a placeholder size in the
 # header; libsndfile then reports "should be" sizes that are no sign of truncation.
@@ -81,8 +92,26 @@ def _librosa_load(path: str, sr: int | None, offset: float, duration: float | No
 
 
 # Formats libsndfile reads itself: if it cannot, librosa/audioread will not either.
-_SNDFILE_SUFFIXES = {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
-                     ".snd", ".sph", ".nist", ".w64", ".caf", ".rf64", ".htk", ".voc"}
+_SNDFILE_SUFFIXES = {
+    ".wav",
+    ".wave",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aif",
+    ".aiff",
+    ".au",
+    ".snd",
+    ".sph",
+    ".nist",
+    ".w64",
+    ".caf",
+    ".rf64",
+    ".htk",
+    ".voc",
+}
 
 
 def _try_librosa(path: Path, err: Exception) -> bool:
@@ -121,8 +150,7 @@ def audio_info(path: str | Path, *, verify: bool = True) -> AudioInfo:
         return out
     m = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", info.extra_info or "", re.MULTILINE)
     if m and int(m.group(1)) < _STREAMING_SIZE and int(m.group(1)) > int(m.group(2)):
-        raise AudioError(f"{path}: truncated: data chunk says {m.group(1)} bytes, file holds {m.group(2)}",
-                         "truncated")
+        raise AudioError(f"{path}: truncated: data chunk says {m.group(1)} bytes, file holds {m.group(2)}", "truncated")
     if out.frames <= 0:
         raise AudioError(f"{path}: no samples", "empty_audio")
     try:
@@ -140,8 +168,9 @@ def _librosa_info(path: Path) -> AudioInfo:
     try:
         wave, rate = _librosa_load(str(path), None, 0.0, None)
     except Exception as err:
-        raise AudioError(f"{path}: unreadable (not an audio format soundfile or librosa can read: {err})",
-                         "unreadable") from err
+        raise AudioError(
+            f"{path}: unreadable (not an audio format soundfile or librosa can read: {err})", "unreadable"
+        ) from err
     if wave.size == 0:
         raise AudioError(f"{path}: no samples", "empty_audio")
     return AudioInfo(rate, int(wave.shape[-1]), 1, None)
@@ -162,8 +191,14 @@ def resample(wave: torch.Tensor, orig_rate: int, new_rate: int = SAMPLE_RATE) ->
         return _resampler(int(orig_rate), int(new_rate))(wave.float())
 
 
-def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None = None,
-               sample_rate: int = SAMPLE_RATE, declared_duration: float | None = None) -> torch.Tensor:
+def load_audio(
+    path: str | Path,
+    *,
+    offset: float = 0.0,
+    duration: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+    declared_duration: float | None = None,
+) -> torch.Tensor:
     """Read ``duration`` seconds from ``offset`` (whole file: ``None``) as float32 mono.
 
     Returns a (N,) tensor at ``sample_rate`` (channels averaged, resampled with torchaudio).
@@ -184,8 +219,9 @@ def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None 
                 check_duration(path, f.frames / rate, declared_duration)
             start = int(round(offset * rate))
             if start >= f.frames and f.frames > 0:
-                raise AudioError(f"{path}: segment starts at {offset:.3f} s, file has "
-                                 f"{f.frames / rate:.3f} s", "out_of_range")
+                raise AudioError(
+                    f"{path}: segment starts at {offset:.3f} s, file has {f.frames / rate:.3f} s", "out_of_range"
+                )
             want = f.frames - start if duration is None else int(round(duration * rate))
             if start:
                 f.seek(start)
@@ -193,8 +229,10 @@ def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None 
             if duration is not None and len(data) < want - max(1, rate // 100):
                 # A segment running past the end by more than 10 ms: the segment table and the
                 # file disagree, do not pretend the shorter read is the utterance.
-                raise AudioError(f"{path}: segment {offset:.3f}+{duration:.3f} s runs past the end "
-                                 f"({f.frames / rate:.3f} s)", "out_of_range")
+                raise AudioError(
+                    f"{path}: segment {offset:.3f}+{duration:.3f} s runs past the end ({f.frames / rate:.3f} s)",
+                    "out_of_range",
+                )
             if duration is None and len(data) < want:
                 raise AudioError(f"{path}: header promises {want} frames, read {len(data)}", "truncated")
     except AudioError:
@@ -206,8 +244,9 @@ def load_audio(path: str | Path, *, offset: float = 0.0, duration: float | None 
         try:
             mono, rate = _librosa_load(str(path), None, offset, duration)
         except Exception as err2:
-            raise AudioError(f"{path}: unreadable (not an audio format soundfile or librosa can read: "
-                             f"{err2})", "unreadable") from err2
+            raise AudioError(
+                f"{path}: unreadable (not an audio format soundfile or librosa can read: {err2})", "unreadable"
+            ) from err2
         data = mono[:, None]
         if declared_duration is not None:
             check_duration(path, len(data) / rate, declared_duration)
@@ -252,5 +291,3 @@ def write_audio(path: str | Path, wave: torch.Tensor | np.ndarray, sample_rate: 
     wave = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0)
     fmt = Path(path).suffix.lstrip(".").upper() or "WAV"
     atomic_write(path, lambda f: sf.write(f, wave, sample_rate, subtype="PCM_16", format=fmt), durable=False)
-
-

@@ -44,9 +44,17 @@ class ASRDataset(Dataset):
     ``RejectRecord`` for an item that cannot be used.
     """
 
-    def __init__(self, utterances: Sequence[Utterance], tokenizer=None, features: FeaturePipeline | None = None,
-                 *, train: bool = False, subsampling: int = 4, speed_factors: Sequence[float] | None = None,
-                 rejects: Rejects | None = None):
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        tokenizer=None,
+        features: FeaturePipeline | None = None,
+        *,
+        train: bool = False,
+        subsampling: int = 4,
+        speed_factors: Sequence[float] | None = None,
+        rejects: Rejects | None = None,
+    ):
         self.tokenizer = tokenizer
         self.features = features
         self.train = train
@@ -102,8 +110,12 @@ class ASRDataset(Dataset):
         samples = int(u.duration * self.sample_rate / self._max_speed)
         need, have = ctc_min_frames(targets), self._frames(samples)
         if have < need:
-            self.rejects.add(u.id, "too_short_for_ctc", f"{u.id}: {have} frames after {self.subsampling}x "
-                             f"subsampling < {need} (labels + repeats) for {u.duration:.2f} s")
+            self.rejects.add(
+                u.id,
+                "too_short_for_ctc",
+                f"{u.id}: {have} frames after {self.subsampling}x "
+                f"subsampling < {need} (labels + repeats) for {u.duration:.2f} s",
+            )
             return None
         return targets
 
@@ -142,9 +154,13 @@ class ASRDataset(Dataset):
         else:
             out_frames = self._frames(wave.numel())
         if u.has_text and self.tokenizer is not None and out_frames < ctc_min_frames(self._targets[index]):
-            return RejectRecord(u.id, "too_short_for_ctc", f"{u.id}: {out_frames} frames after "
-                                f"{self.subsampling}x subsampling < {ctc_min_frames(self._targets[index])} "
-                                "(labels + repeats) as loaded")
+            return RejectRecord(
+                u.id,
+                "too_short_for_ctc",
+                f"{u.id}: {out_frames} frames after "
+                f"{self.subsampling}x subsampling < {ctc_min_frames(self._targets[index])} "
+                "(labels + repeats) as loaded",
+            )
         return item
 
 
@@ -164,9 +180,13 @@ def collate(items: Sequence[dict[str, Any] | RejectRecord]) -> dict[str, Any]:
     good = [x for x in items if not isinstance(x, RejectRecord)]
     batch: dict[str, Any] = {"ids": [x["id"] for x in good], "size": len(good), "rejected": rejected}
     if not good:
-        batch.update(waves=torch.zeros(0, 0), wave_lengths=torch.zeros(0, dtype=torch.long),
-                     targets=torch.zeros(0, 0, dtype=torch.long), target_lengths=torch.zeros(0, dtype=torch.long),
-                     has_text=torch.zeros(0, dtype=torch.bool))
+        batch.update(
+            waves=torch.zeros(0, 0),
+            wave_lengths=torch.zeros(0, dtype=torch.long),
+            targets=torch.zeros(0, 0, dtype=torch.long),
+            target_lengths=torch.zeros(0, dtype=torch.long),
+            has_text=torch.zeros(0, dtype=torch.bool),
+        )
         return batch
     batch["waves"] = _pad([x["wave"] for x in good])
     batch["wave_lengths"] = torch.tensor([x["wave"].numel() for x in good], dtype=torch.long)
@@ -185,8 +205,14 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def build_dataloader(dataset: ASRDataset, batch_sampler, *, num_workers: int = 2, pin_memory: bool = False,
-                     prefetch_factor: int | None = None) -> DataLoader:
+def build_dataloader(
+    dataset: ASRDataset,
+    batch_sampler,
+    *,
+    num_workers: int = 2,
+    pin_memory: bool = False,
+    prefetch_factor: int | None = None,
+) -> DataLoader:
     """A DataLoader with :func:`collate`, the given batch sampler (e.g.
     :class:`~asrkd.data.sampler.DurationBatchSampler`) and single-threaded workers."""
     kwargs: dict[str, Any] = {}
@@ -194,8 +220,14 @@ def build_dataloader(dataset: ASRDataset, batch_sampler, *, num_workers: int = 2
         kwargs.update(persistent_workers=False, worker_init_fn=_worker_init)
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor
-    return DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate, num_workers=num_workers,
-                      pin_memory=pin_memory, **kwargs)
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        **kwargs,
+    )
 
 
 __all__ = ["ASRDataset", "collate", "build_dataloader"]

@@ -81,14 +81,25 @@ class LogMel(nn.Module):
         self.config = config or FeatureConfig()
         c = self.config
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=c.sample_rate, n_fft=c.n_fft, win_length=c.win_length, hop_length=c.hop_length,
-            f_min=c.f_min, f_max=c.f_max, n_mels=c.n_mels, power=2.0, center=False)
+            sample_rate=c.sample_rate,
+            n_fft=c.n_fft,
+            win_length=c.win_length,
+            hop_length=c.hop_length,
+            f_min=c.f_min,
+            f_max=c.f_max,
+            n_mels=c.n_mels,
+            power=2.0,
+            center=False,
+        )
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         c = self.config
         lengths = lengths.long()
-        return torch.where(lengths >= c.n_fft, 1 + (lengths - c.n_fft).div(c.hop_length, rounding_mode="floor"),
-                           torch.zeros_like(lengths))
+        return torch.where(
+            lengths >= c.n_fft,
+            1 + (lengths - c.n_fft).div(c.hop_length, rounding_mode="floor"),
+            torch.zeros_like(lengths),
+        )
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if wave.dim() != 2:
@@ -140,8 +151,14 @@ class GlobalCMVN(nn.Module):
         return cls(torch.zeros(n_mels), torch.ones(n_mels))
 
 
-def compute_cmvn(manifest_entries: Iterable, config: FeatureConfig | None = None, *,
-                 max_utterances: int | None = None, rejects=None, std_floor: float = 1e-3) -> GlobalCMVN:
+def compute_cmvn(
+    manifest_entries: Iterable,
+    config: FeatureConfig | None = None,
+    *,
+    max_utterances: int | None = None,
+    rejects=None,
+    std_floor: float = 1e-3,
+) -> GlobalCMVN:
     """Mean and std of log-mel features over ``manifest_entries`` (``Utterance`` objects).
 
     Sums are accumulated in float64. With ``max_utterances`` an evenly spaced subset is used
@@ -165,8 +182,11 @@ def compute_cmvn(manifest_entries: Iterable, config: FeatureConfig | None = None
                 feats, n = logmel(wave[None], torch.tensor([wave.numel()]))
             if int(n[0]) <= 0:  # counted, so an all-short manifest does not end in "rejected: none"
                 ms = wave.numel() / config.sample_rate * 1000
-                raise AudioError(f"{u.id}: {u.audio}: {wave.numel()} samples ({ms:.1f} ms) give no feature frame "
-                                 f"(the window is {config.win_ms:g} ms)", "too_short")
+                raise AudioError(
+                    f"{u.id}: {u.audio}: {wave.numel()} samples ({ms:.1f} ms) give no feature frame "
+                    f"(the window is {config.win_ms:g} ms)",
+                    "too_short",
+                )
         except AudioError as err:
             if rejects is None:
                 raise
@@ -192,8 +212,14 @@ class SpecAugment(nn.Module):
     Time masks are at most ``time_width`` frames and ``max_time_ratio`` of the utterance.
     """
 
-    def __init__(self, freq_masks: int = 2, freq_width: int = 27, time_masks: int = 2,
-                 time_width: int = 40, max_time_ratio: float = 0.1):
+    def __init__(
+        self,
+        freq_masks: int = 2,
+        freq_width: int = 27,
+        time_masks: int = 2,
+        time_width: int = 40,
+        max_time_ratio: float = 0.1,
+    ):
         super().__init__()
         import torchaudio
 
@@ -230,8 +256,9 @@ class FeaturePipeline(nn.Module):
     trainer (e.g. when the teacher runs in the loop on the same waveforms) and by decoding.
     """
 
-    def __init__(self, config: FeatureConfig | None = None, cmvn: GlobalCMVN | None = None,
-                 specaug: SpecAugment | None = None):
+    def __init__(
+        self, config: FeatureConfig | None = None, cmvn: GlobalCMVN | None = None, specaug: SpecAugment | None = None
+    ):
         super().__init__()
         self.config = config or FeatureConfig()
         self.logmel = LogMel(self.config)
@@ -262,13 +289,21 @@ def ctc_min_frames_batch(targets: torch.Tensor, target_lengths: torch.Tensor) ->
 
 
 def ctc_min_frames(labels: Iterable[int]) -> int:
-    """:func:`ctc_min_frames_batch` of one label sequence."""
-    row = torch.tensor([list(labels)], dtype=torch.long).reshape(1, -1)
+    """:func:`ctc_min_frames_batch` of one label sequence (ids, or any hashable labels such as
+    the characters of a transcript)."""
+    codes: dict = {}
+    row = torch.tensor([[codes.setdefault(x, len(codes)) for x in labels]], dtype=torch.long).reshape(1, -1)
     return int(ctc_min_frames_batch(row, torch.tensor([row.shape[1]]))[0])
 
 
-def frames_after_subsampling(num_samples: int, *, subsampling: int = 4, hop_ms: float = 10.0,
-                             win_ms: float = 25.0, sample_rate: int = SAMPLE_RATE) -> int:
+def frames_after_subsampling(
+    num_samples: int,
+    *,
+    subsampling: int = 4,
+    hop_ms: float = 10.0,
+    win_ms: float = 25.0,
+    sample_rate: int = SAMPLE_RATE,
+) -> int:
     """Model output frames for ``num_samples`` audio samples: feature frames (no centre
     padding, frame span ``win_ms``) divided by the subsampling factor, rounded down (the
     conservative choice for convolutional subsampling front ends)."""
@@ -278,12 +313,20 @@ def frames_after_subsampling(num_samples: int, *, subsampling: int = 4, hop_ms: 
     return feats // max(1, int(subsampling))
 
 
-def fits_ctc(num_samples: int, labels: Iterable[int], *, subsampling: int = 4, hop_ms: float = 10.0,
-             win_ms: float = 25.0, sample_rate: int = SAMPLE_RATE) -> bool:
+def fits_ctc(
+    num_samples: int,
+    labels: Iterable[int],
+    *,
+    subsampling: int = 4,
+    hop_ms: float = 10.0,
+    win_ms: float = 25.0,
+    sample_rate: int = SAMPLE_RATE,
+) -> bool:
     """True when an utterance of ``num_samples`` samples is long enough for CTC on ``labels``:
     frames after subsampling >= label length + adjacent repeats."""
-    return frames_after_subsampling(num_samples, subsampling=subsampling, hop_ms=hop_ms, win_ms=win_ms,
-                                    sample_rate=sample_rate) >= ctc_min_frames(labels)
+    return frames_after_subsampling(
+        num_samples, subsampling=subsampling, hop_ms=hop_ms, win_ms=win_ms, sample_rate=sample_rate
+    ) >= ctc_min_frames(labels)
 
 
 def speed_perturbation(factors=(0.9, 1.0, 1.1), sample_rate: int = SAMPLE_RATE):
@@ -296,5 +339,16 @@ def speed_perturbation(factors=(0.9, 1.0, 1.1), sample_rate: int = SAMPLE_RATE):
     return torchaudio.transforms.SpeedPerturbation(sample_rate, list(factors))
 
 
-__all__ = ["FeatureConfig", "LogMel", "GlobalCMVN", "compute_cmvn", "SpecAugment", "FeaturePipeline",
-           "ctc_min_frames", "ctc_min_frames_batch", "frames_after_subsampling", "fits_ctc", "speed_perturbation"]
+__all__ = [
+    "FeatureConfig",
+    "LogMel",
+    "GlobalCMVN",
+    "compute_cmvn",
+    "SpecAugment",
+    "FeaturePipeline",
+    "ctc_min_frames",
+    "ctc_min_frames_batch",
+    "frames_after_subsampling",
+    "fits_ctc",
+    "speed_perturbation",
+]

@@ -101,8 +101,9 @@ def _id_digest(uid: str) -> str:
     return hashlib.sha1(uid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
 
 
-def _one_to_one(keys: list[str], safe: Callable[[str], str], digest: Callable[[str], str],
-                fold: Callable[[str], str]) -> tuple[dict[str, str], tuple[str, str] | None]:
+def _one_to_one(
+    keys: list[str], safe: Callable[[str], str], digest: Callable[[str], str], fold: Callable[[str], str]
+) -> tuple[dict[str, str], tuple[str, str] | None]:
     """A name per key: ``safe(key)``, with ``-<digest(key)>`` appended when ``safe`` changed the
     key or when two names are equal after ``fold``; also the first two keys whose names still
     coincide (a hash collision), or None. Hashing depends only on the key itself where it can,
@@ -130,14 +131,16 @@ def pipe_file_stems(ids: list[str], digest: Callable[[str], str] = _id_digest) -
     case, ``-<hash of the exact id>`` is appended. Raises :class:`PrepareError` naming two ids
     whose names still coincide (a hash collision).
     """
+
     def safe(uid: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", uid).lstrip(".")[:_STEM_MAX] or "rec"
 
     stems, clash = _one_to_one(ids, safe, digest, str.lower)
     if clash:
         a, b = clash
-        raise PrepareError(f"recordings {a!r} and {b!r} would share the audio file {stems[a]}.flac "
-                           "(rename one of them)")
+        raise PrepareError(
+            f"recordings {a!r} and {b!r} would share the audio file {stems[a]}.flac (rename one of them)"
+        )
     return stems
 
 
@@ -188,10 +191,18 @@ def refuse_outputs_over_inputs(outputs: Mapping[str, str | os.PathLike | None], 
             raise ValueError(f"{name} {outs[name]} is the input {what} {path}: writing it would destroy the input")
 
 
-def finalize(candidates: list[Candidate], rejects: Rejects, options: CheckOptions, *, jobs: int = 2,
-             pipe_dir: Path | None = None, progress: bool = True, allow_commands: bool = False,
-             outputs: Mapping[str, str | os.PathLike | None] | None = None,
-             inputs: Mapping[str, str] | None = None) -> list[Utterance]:
+def finalize(
+    candidates: list[Candidate],
+    rejects: Rejects,
+    options: CheckOptions,
+    *,
+    jobs: int = 2,
+    pipe_dir: Path | None = None,
+    progress: bool = True,
+    allow_commands: bool = False,
+    outputs: Mapping[str, str | os.PathLike | None] | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> list[Utterance]:
     """Check candidates and turn the good ones into :class:`Utterance` (text normalised,
     audio paths absolute, durations from headers).
 
@@ -200,8 +211,15 @@ def finalize(candidates: list[Candidate], rejects: Rejects, options: CheckOption
     and the piped recordings' files under ``pipe_dir`` against ``inputs`` (every file the
     source lists)."""
     kept, texts = _check_texts(_drop_duplicates(candidates, rejects), rejects, options)
-    infos, resolved = _check_audio(kept, jobs=jobs, pipe_dir=pipe_dir, progress=progress,
-                                   allow_commands=allow_commands, outputs=outputs or {}, inputs=inputs or {})
+    infos, resolved = _check_audio(
+        kept,
+        jobs=jobs,
+        pipe_dir=pipe_dir,
+        progress=progress,
+        allow_commands=allow_commands,
+        outputs=outputs or {},
+        inputs=inputs or {},
+    )
     out: list[Utterance] = []
     for c in kept:
         info = infos[c.audio]
@@ -226,8 +244,9 @@ def _drop_duplicates(candidates: list[Candidate], rejects: Rejects) -> list[Cand
     return unique
 
 
-def _check_texts(candidates: list[Candidate], rejects: Rejects,
-                 options: CheckOptions) -> tuple[list[Candidate], dict[str, str | None]]:
+def _check_texts(
+    candidates: list[Candidate], rejects: Rejects, options: CheckOptions
+) -> tuple[list[Candidate], dict[str, str | None]]:
     """Normalisation and vocabulary (cheap: before touching audio)."""
     texts: dict[str, str | None] = {}
     kept: list[Candidate] = []
@@ -238,8 +257,12 @@ def _check_texts(candidates: list[Candidate], rejects: Rejects,
             continue
         norm = normalize_text(c.text)
         if not norm:
-            rejects.add(c.id, "empty_text", f"{c.id}: empty or whitespace-only text"
-                        + (f" ({c.text.strip()!r} after normalisation)" if c.text.strip() else ""))
+            rejects.add(
+                c.id,
+                "empty_text",
+                f"{c.id}: empty or whitespace-only text"
+                + (f" ({c.text.strip()!r} after normalisation)" if c.text.strip() else ""),
+            )
             continue
         if options.tokenizer is not None:
             oov = options.tokenizer.oov_chars(norm)
@@ -251,16 +274,28 @@ def _check_texts(candidates: list[Candidate], rejects: Rejects,
     return kept, texts
 
 
-def _check_audio(kept: list[Candidate], *, jobs: int, pipe_dir: Path | None, progress: bool, allow_commands: bool,
-                 outputs: Mapping[str, str | os.PathLike | None], inputs: Mapping[str, str]):
+def _check_audio(
+    kept: list[Candidate],
+    *,
+    jobs: int,
+    pipe_dir: Path | None,
+    progress: bool,
+    allow_commands: bool,
+    outputs: Mapping[str, str | os.PathLike | None],
+    inputs: Mapping[str, str],
+):
     """Each audio source once, in parallel: ({source: AudioInfo | AudioError}, {source: absolute path})."""
     sources = sorted({c.audio for c in kept})
     names = {c.audio: c.recording or c.id for c in kept}
     stems = pipe_file_stems(sorted({names[s] for s in sources if _is_pipe(s)}))
-    pipe_files = {s: pipe_dir / f"{stems[names[s]]}.flac" for s in sources
-                  if _is_pipe(s) and pipe_dir is not None and allow_commands}
-    refuse_outputs_over_inputs({**outputs, **{f"--pipe-dir file of recording {names[s]}": p
-                                              for s, p in pipe_files.items()}}, inputs)
+    pipe_files = {
+        s: pipe_dir / f"{stems[names[s]]}.flac"
+        for s in sources
+        if _is_pipe(s) and pipe_dir is not None and allow_commands
+    }
+    refuse_outputs_over_inputs(
+        {**outputs, **{f"--pipe-dir file of recording {names[s]}": p for s, p in pipe_files.items()}}, inputs
+    )
 
     def work(src: str):
         path = src
@@ -274,8 +309,10 @@ def _check_audio(kept: list[Candidate], *, jobs: int, pipe_dir: Path | None, pro
 
     infos: dict[str, AudioInfo | AudioError] = {}
     resolved: dict[str, str] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool, \
-            _progress(len(sources), "checking audio", progress) as bar:
+    with (
+        ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
+        _progress(len(sources), "checking audio", progress) as bar,
+    ):
         futures = {src: pool.submit(work, src) for src in sources}
         for src, fut in futures.items():
             try:
@@ -288,15 +325,17 @@ def _check_audio(kept: list[Candidate], *, jobs: int, pipe_dir: Path | None, pro
     return infos, resolved
 
 
-def _utterance(c: Candidate, info: AudioInfo, text: str | None, audio: str, rejects: Rejects,
-               options: CheckOptions) -> Utterance | None:
+def _utterance(
+    c: Candidate, info: AudioInfo, text: str | None, audio: str, rejects: Rejects, options: CheckOptions
+) -> Utterance | None:
     """The per-utterance checks that need the duration; None (and a record) for a reject."""
     total = info.duration
     if c.offset is not None:
         end = total if c.end is None else c.end
         if c.offset >= total or end > total + _SEGMENT_SLACK_S:
-            rejects.add(c.id, "out_of_range", f"{c.id}: segment {c.offset:.2f}-{end:.2f} s outside "
-                        f"{c.audio} ({total:.2f} s)")
+            rejects.add(
+                c.id, "out_of_range", f"{c.id}: segment {c.offset:.2f}-{end:.2f} s outside {c.audio} ({total:.2f} s)"
+            )
             return None
         duration = min(end, total) - c.offset
     else:
@@ -305,21 +344,31 @@ def _utterance(c: Candidate, info: AudioInfo, text: str | None, audio: str, reje
         rejects.add(c.id, "empty_audio", f"{c.id}: zero-length segment")
         return None
     if duration > MAX_DURATION_S:
-        rejects.add(c.id, "too_long", f"{c.id}: {duration / 3600:.1f} h of {c.audio} is longer than an utterance "
-                    f"may be ({MAX_DURATION_S / 3600:.0f} h): cut it into segments (a Kaldi segments file)")
+        rejects.add(
+            c.id,
+            "too_long",
+            f"{c.id}: {duration / 3600:.1f} h of {c.audio} is longer than an utterance "
+            f"may be ({MAX_DURATION_S / 3600:.0f} h): cut it into segments (a Kaldi segments file)",
+        )
         return None
     if text is not None:
         labels = options.tokenizer.encode(text) if options.tokenizer is not None else list(text)
-        frames = frames_after_subsampling(int(duration * 16000), subsampling=options.subsampling,
-                                          hop_ms=options.hop_ms, win_ms=options.win_ms)
+        frames = frames_after_subsampling(
+            int(duration * 16000), subsampling=options.subsampling, hop_ms=options.hop_ms, win_ms=options.win_ms
+        )
         need = ctc_min_frames(labels)
         if frames < need:
-            rejects.add(c.id, "too_short_for_ctc", f"{c.id}: {duration:.2f} s gives {frames} frames after "
-                        f"{options.subsampling}x subsampling, CTC needs {need} for {len(labels)} labels")
+            rejects.add(
+                c.id,
+                "too_short_for_ctc",
+                f"{c.id}: {duration:.2f} s gives {frames} frames after "
+                f"{options.subsampling}x subsampling, CTC needs {need} for {len(labels)} labels",
+            )
             return None
     try:
-        return Utterance(id=c.id, audio=audio, duration=round(duration, 4), text=text, speaker=c.speaker,
-                         offset=c.offset)
+        return Utterance(
+            id=c.id, audio=audio, duration=round(duration, 4), text=text, speaker=c.speaker, offset=c.offset
+        )
     except ManifestError as err:  # e.g. an offset past the sanity bound: one reject, not a crash
         rejects.add(c.id, err.kind, err.reason)
         return None
@@ -392,8 +441,9 @@ def _kaldi_map(path: Path, rejects: Rejects, what: str, bad: dict[str, str], inp
     return _first_wins(rows, rejects, path.name)
 
 
-def _kaldi_recordings(path: Path, rejects: Rejects, inputs: dict[str, str],
-                      allow_commands: bool) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+def _kaldi_recordings(
+    path: Path, rejects: Rejects, inputs: dict[str, str], allow_commands: bool
+) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
     """``wav.scp``: ({recording: absolute path or command}, {recording: (kind, reason) it cannot be
     used for}); the unusable ones are recorded. Every file it lists goes to ``inputs``."""
     inputs[str(path.resolve())] = "Kaldi file wav.scp of the source"
@@ -407,12 +457,16 @@ def _kaldi_recordings(path: Path, rejects: Rejects, inputs: dict[str, str],
         if value.endswith("|"):
             piped += 1
             if not allow_commands:
-                why = (f"wav.scp:{n}: {key}: a piped entry runs the shell command {value[:-1].strip()!r}; wav.scp "
-                       "commands run only with --allow-commands (allow_commands=True), for data dirs you trust")
+                why = (
+                    f"wav.scp:{n}: {key}: a piped entry runs the shell command {value[:-1].strip()!r}; wav.scp "
+                    "commands run only with --allow-commands (allow_commands=True), for data dirs you trust"
+                )
         elif re.search(r"\.ark:\d+$", value) or (re.search(r":\d+$", value) and not os.path.exists(value)):
             inputs.setdefault(os.path.abspath(value.rsplit(":", 1)[0]), f"archive of recording {key} (wav.scp:{n})")
-            why = (f"wav.scp:{n}: {key}: archive offsets ({value}) are not supported; "
-                   "write the audio out with wav-copy first")
+            why = (
+                f"wav.scp:{n}: {key}: archive offsets ({value}) are not supported; "
+                "write the audio out with wav-copy first"
+            )
         else:
             value = os.path.abspath(value)
             inputs.setdefault(value, f"audio of recording {key} (wav.scp:{n})")
@@ -424,17 +478,27 @@ def _kaldi_recordings(path: Path, rejects: Rejects, inputs: dict[str, str],
             continue
         recordings[key] = value
     if piped and not allow_commands and not recordings:
-        raise PrepareError(f"{path}: no entry can be used without running shell commands ({piped} piped `cmd |` "
-                           "entries); asrkd runs them only with --allow-commands (library: allow_commands=True): "
-                           "pass it if you trust this data dir")
+        raise PrepareError(
+            f"{path}: no entry can be used without running shell commands ({piped} piped `cmd |` "
+            "entries); asrkd runs them only with --allow-commands (library: allow_commands=True): "
+            "pass it if you trust this data dir"
+        )
     for key, (kind, reason) in unusable.items():
         rejects.add(key, kind, reason)
     return recordings, unusable
 
 
-def import_kaldi(src: str | Path, rejects: Rejects, options: CheckOptions | None = None, *, jobs: int = 2,
-                 pipe_dir: Path | None = None, progress: bool = True, allow_commands: bool = False,
-                 outputs: Mapping[str, str | os.PathLike | None] | None = None) -> list[Utterance]:
+def import_kaldi(
+    src: str | Path,
+    rejects: Rejects,
+    options: CheckOptions | None = None,
+    *,
+    jobs: int = 2,
+    pipe_dir: Path | None = None,
+    progress: bool = True,
+    allow_commands: bool = False,
+    outputs: Mapping[str, str | os.PathLike | None] | None = None,
+) -> list[Utterance]:
     """A Kaldi data dir: ``wav.scp`` (required), ``text``, ``utt2spk``, ``segments`` (optional).
 
     ``wav.scp`` paths relative to the current folder are resolved as Kaldi does (relative to
@@ -462,8 +526,9 @@ def import_kaldi(src: str | Path, rejects: Rejects, options: CheckOptions | None
         candidates, listed = _kaldi_segments(src / "segments", recordings, unusable, texts, spk, rejects)
     else:
         listed = set(unusable)
-        candidates = [Candidate(key, value, texts.get(key), spk.get(key), recording=key)
-                      for key, value in recordings.items()]
+        candidates = [
+            Candidate(key, value, texts.get(key), spk.get(key), recording=key) for key, value in recordings.items()
+        ]
         listed.update(recordings)
     for key, reason in bad.items():
         rejects.add(key, "malformed_line", reason)
@@ -471,12 +536,27 @@ def import_kaldi(src: str | Path, rejects: Rejects, options: CheckOptions | None
     for key in texts:
         if key not in listed:
             rejects.add(key, "orphan_text", f"text: {key} has no audio entry (wav.scp/segments)")
-    return finalize(candidates, rejects, options, jobs=jobs, pipe_dir=pipe_dir, progress=progress,
-                    allow_commands=allow_commands, outputs=outputs, inputs=inputs)
+    return finalize(
+        candidates,
+        rejects,
+        options,
+        jobs=jobs,
+        pipe_dir=pipe_dir,
+        progress=progress,
+        allow_commands=allow_commands,
+        outputs=outputs,
+        inputs=inputs,
+    )
 
 
-def _kaldi_segments(path: Path, recordings: dict[str, str], unusable: dict[str, tuple[str, str]],
-                    texts: dict[str, str], spk: dict[str, str], rejects: Rejects) -> tuple[list[Candidate], set[str]]:
+def _kaldi_segments(
+    path: Path,
+    recordings: dict[str, str],
+    unusable: dict[str, tuple[str, str]],
+    texts: dict[str, str],
+    spk: dict[str, str],
+    rejects: Rejects,
+) -> tuple[list[Candidate], set[str]]:
     """One candidate per good ``segments`` line, and every utterance id the file lists."""
     candidates: list[Candidate] = []
     rows, broken = _read_table(path, rejects, 2, "recording start end")
@@ -491,8 +571,9 @@ def _kaldi_segments(path: Path, recordings: dict[str, str], unusable: dict[str, 
                 raise ValueError
             rec, start, end = fields[0], float(fields[1]), float(fields[2])
         except ValueError:
-            rejects.add(key, "malformed_line", f"segments:{n}: expected '<utt> <recording> <start> <end>', "
-                        f"got {key} {rest!r}")
+            rejects.add(
+                key, "malformed_line", f"segments:{n}: expected '<utt> <recording> <start> <end>', got {key} {rest!r}"
+            )
             continue
         if not (math.isfinite(start) and math.isfinite(end)) or start < 0 or (end != -1 and end <= start):
             rejects.add(key, "malformed_line", f"segments:{n}: {key}: bad times start={start} end={end}")
@@ -504,15 +585,24 @@ def _kaldi_segments(path: Path, recordings: dict[str, str], unusable: dict[str, 
         if rec not in recordings:
             rejects.add(key, "missing_file", f"segments:{n}: {key}: recording {rec} is not in wav.scp")
             continue
-        candidates.append(Candidate(key, recordings[rec], texts.get(key), spk.get(key), start,
-                                    None if end == -1 else end, recording=rec))
+        candidates.append(
+            Candidate(
+                key, recordings[rec], texts.get(key), spk.get(key), start, None if end == -1 else end, recording=rec
+            )
+        )
     return candidates, listed
 
 
 # -- LibriSpeech ----------------------------------------------------------------------------------
-def import_librispeech(src: str | Path, rejects: Rejects, options: CheckOptions | None = None, *,
-                       jobs: int = 2, progress: bool = True,
-                       outputs: Mapping[str, str | os.PathLike | None] | None = None) -> list[Utterance]:
+def import_librispeech(
+    src: str | Path,
+    rejects: Rejects,
+    options: CheckOptions | None = None,
+    *,
+    jobs: int = 2,
+    progress: bool = True,
+    outputs: Mapping[str, str | os.PathLike | None] | None = None,
+) -> list[Utterance]:
     """A LibriSpeech tree (any folder above ``SPEAKER/CHAPTER/``): ``*.trans.txt`` lines
     ``ID TEXT`` with ``ID.flac`` beside them; speaker = the first part of the id. Audio with no
     transcript line is kept as unlabelled; a transcript line that is not UTF-8 rejects its
@@ -552,9 +642,15 @@ def _librispeech_audio(folder: Path, key: str) -> Path:
 
 
 # -- folder ---------------------------------------------------------------------------------------
-def import_folder(src: str | Path, rejects: Rejects, options: CheckOptions | None = None, *, jobs: int = 2,
-                  progress: bool = True, outputs: Mapping[str, str | os.PathLike | None] | None = None
-                  ) -> list[Utterance]:
+def import_folder(
+    src: str | Path,
+    rejects: Rejects,
+    options: CheckOptions | None = None,
+    *,
+    jobs: int = 2,
+    progress: bool = True,
+    outputs: Mapping[str, str | os.PathLike | None] | None = None,
+) -> list[Utterance]:
     """Audio files anywhere under ``src`` with optional same-stem ``.txt`` transcripts (no
     ``.txt``: unlabelled). id = path relative to ``src`` without suffix, whitespace -> ``_``;
     when that changed the path or two files would share an id, ``-<hash of the relative path>``
@@ -579,8 +675,11 @@ def import_folder(src: str | Path, rejects: Rejects, options: CheckOptions | Non
         stem = p.with_suffix("")
         uid = ids[stem]
         if first[stem] != p:  # one .txt cannot label two files: the same recording in two formats
-            rejects.add(uid, "duplicate_id", f"{uid}: {p} has the same name as {first[stem]} but another "
-                        "suffix (the first one is kept)")
+            rejects.add(
+                uid,
+                "duplicate_id",
+                f"{uid}: {p} has the same name as {first[stem]} but another suffix (the first one is kept)",
+            )
             continue
         rel = stem.relative_to(src)
         txt = p.with_suffix(".txt")
@@ -597,8 +696,11 @@ def import_folder(src: str | Path, rejects: Rejects, options: CheckOptions | Non
         if p.suffix.lower() == ".txt" and p.with_suffix("") not in stems:
             rid = re.sub(r"\s+", "_", p.relative_to(src).as_posix())
             rejects.add(rid, "orphan_text", f"{p}: transcript without an audio file of the same stem")
-    inputs = {str(p.resolve()): f"file {p.relative_to(src)} of the source" for p in files
-              if p.suffix.lower() in (*AUDIO_SUFFIXES, ".txt")}
+    inputs = {
+        str(p.resolve()): f"file {p.relative_to(src)} of the source"
+        for p in files
+        if p.suffix.lower() in (*AUDIO_SUFFIXES, ".txt")
+    }
     return finalize(candidates, rejects, options, jobs=jobs, progress=progress, outputs=outputs, inputs=inputs)
 
 

@@ -65,18 +65,23 @@ class Utterance:
     def validate(self) -> None:
         """Raise :class:`ManifestError` naming the field and the reason."""
         if not isinstance(self.id, str) or not self.id or any(c.isspace() for c in self.id):
-            raise ManifestError(f"id must be a non-empty string without whitespace, got {self.id!r}",
-                                id=str(self.id))
+            raise ManifestError(f"id must be a non-empty string without whitespace, got {self.id!r}", id=str(self.id))
         if not isinstance(self.audio, str) or not self.audio:
             raise ManifestError(f"{self.id}: audio must be a non-empty path string, got {self.audio!r}", id=self.id)
-        if isinstance(self.duration, bool) or not isinstance(self.duration, (int, float)) \
-                or not math.isfinite(self.duration):
+        if (
+            isinstance(self.duration, bool)
+            or not isinstance(self.duration, (int, float))
+            or not math.isfinite(self.duration)
+        ):
             raise ManifestError(f"{self.id}: duration must be a finite number, got {self.duration!r}", id=self.id)
         if self.duration <= 0:
             raise ManifestError(f"{self.id}: duration {self.duration} s: no audio", "empty_audio", id=self.id)
         if self.duration > MAX_DURATION_S:
-            raise ManifestError(f"{self.id}: duration {self.duration!r} s is above the sanity bound of "
-                                f"{MAX_DURATION_S:.0f} s (24 h): a corrupt field, not an utterance", id=self.id)
+            raise ManifestError(
+                f"{self.id}: duration {self.duration!r} s is above the sanity bound of "
+                f"{MAX_DURATION_S:.0f} s (24 h): a corrupt field, not an utterance",
+                id=self.id,
+            )
         if self.text is not None:
             if not isinstance(self.text, str):
                 raise ManifestError(f"{self.id}: text must be a string, got {type(self.text).__name__}", id=self.id)
@@ -84,12 +89,19 @@ class Utterance:
                 raise ManifestError(f"{self.id}: empty or whitespace-only text", "empty_text", id=self.id)
         if self.speaker is not None and not isinstance(self.speaker, str):
             raise ManifestError(f"{self.id}: speaker must be a string, got {self.speaker!r}", id=self.id)
-        if self.offset is not None and (isinstance(self.offset, bool) or not isinstance(self.offset, (int, float))
-                                        or not math.isfinite(self.offset) or self.offset < 0):
+        if self.offset is not None and (
+            isinstance(self.offset, bool)
+            or not isinstance(self.offset, (int, float))
+            or not math.isfinite(self.offset)
+            or self.offset < 0
+        ):
             raise ManifestError(f"{self.id}: offset must be a number >= 0, got {self.offset!r}", id=self.id)
         if self.offset is not None and self.offset > MAX_OFFSET_S:
-            raise ManifestError(f"{self.id}: offset {self.offset!r} s is above the sanity bound of "
-                                f"{MAX_OFFSET_S:.0f} s (30 days): a corrupt field", id=self.id)
+            raise ManifestError(
+                f"{self.id}: offset {self.offset!r} s is above the sanity bound of "
+                f"{MAX_OFFSET_S:.0f} s (30 days): a corrupt field",
+                id=self.id,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"id": self.id, "audio": self.audio, "duration": round(float(self.duration), 4)}
@@ -113,9 +125,15 @@ class Utterance:
         audio = d["audio"]
         if isinstance(audio, str) and audio and base_dir is not None and not os.path.isabs(audio):
             audio = os.path.normpath(os.path.join(base_dir, audio))
-        return cls(id=d["id"], audio=audio, duration=d["duration"], text=d.get("text"),
-                   speaker=d.get("speaker"), offset=d.get("offset"),
-                   extra={k: v for k, v in d.items() if k not in _KNOWN})
+        return cls(
+            id=d["id"],
+            audio=audio,
+            duration=d["duration"],
+            text=d.get("text"),
+            speaker=d.get("speaker"),
+            offset=d.get("offset"),
+            extra={k: v for k, v in d.items() if k not in _KNOWN},
+        )
 
     def load_audio(self, sample_rate: int | None = None):
         """The utterance's waveform, (N,) float32 at ``sample_rate`` (default
@@ -149,8 +167,12 @@ def iter_manifest_lines(path: str | Path) -> Iterator[tuple[str, Any]]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                yield where, ManifestError(f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column "
-                                           f"{err.start + 1})", "malformed_line")
+                yield (
+                    where,
+                    ManifestError(
+                        f"{where}: not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})", "malformed_line"
+                    ),
+                )
                 continue
             if not line.strip():
                 continue
@@ -216,8 +238,12 @@ def save_manifest(path: str | Path, utterances: Iterable[Utterance], *, relative
     atomic_write(path, write, mode="w")
 
 
-def filter_by_duration(utterances: Iterable[Utterance], min_duration: float | None = None,
-                       max_duration: float | None = None, rejects: Rejects | None = None) -> list[Utterance]:
+def filter_by_duration(
+    utterances: Iterable[Utterance],
+    min_duration: float | None = None,
+    max_duration: float | None = None,
+    rejects: Rejects | None = None,
+) -> list[Utterance]:
     """Keep utterances with ``min_duration <= duration <= max_duration``; the others are
     recorded in ``rejects`` (kinds ``too_short`` / ``too_long``)."""
     out = []
@@ -234,8 +260,9 @@ def filter_by_duration(utterances: Iterable[Utterance], min_duration: float | No
     return out
 
 
-def split_manifest(utterances: Sequence[Utterance], fractions: Mapping[str, float], *, seed: int = 0,
-                   by_speaker: bool = False) -> dict[str, list[Utterance]]:
+def split_manifest(
+    utterances: Sequence[Utterance], fractions: Mapping[str, float], *, seed: int = 0, by_speaker: bool = False
+) -> dict[str, list[Utterance]]:
     """Split into named parts, e.g. ``{"train": 0.9, "dev": 0.05, "test": 0.05}``.
 
     Fractions must sum to 1 (each utterance lands in exactly one part). With ``by_speaker``

@@ -26,10 +26,10 @@ KINDS: dict[str, str] = {
     "nan_audio": "NaN or Inf samples",
     "out_of_range": "the segment lies (partly) outside the audio file",
     "unsupported": "an entry form asrkd does not handle (Kaldi ark: entries), or will not without an opt-in "
-                   "(piped wav.scp commands without --allow-commands)",
+    "(piped wav.scp commands without --allow-commands)",
     "pipe_failed": "a Kaldi wav.scp command (`cmd |`) failed or gave no audio",
     "orphan_text": "a transcript whose audio is not listed (Kaldi text without wav.scp/segments entry, "
-                   ".txt without audio)",
+    ".txt without audio)",
     "empty_text": "an empty or whitespace-only transcript",
     "oov_chars": "characters outside the vocabulary",
     "too_short_for_ctc": "fewer frames after subsampling than label length + adjacent repeats",
@@ -102,13 +102,13 @@ class Rejects:
         counts = self.counts()
         if not counts:
             return f"{title}: none"
-        rows = [(k, str(n), ", ".join(self.ids(k)[:max_ids]) + (", ..." if n > max_ids else ""))
-                for k, n in counts.items()]
+        rows = [
+            (k, str(n), ", ".join(self.ids(k)[:max_ids]) + (", ..." if n > max_ids else "")) for k, n in counts.items()
+        ]
         rows.append(("total", str(len(self)), ""))
         w0 = max(len("kind"), *(len(r[0]) for r in rows))
         w1 = max(len("count"), *(len(r[1]) for r in rows))
-        lines = [f"{title}:", f"  {'kind':<{w0}}  {'count':>{w1}}  first ids",
-                 f"  {'-' * w0}  {'-' * w1}  {'-' * 9}"]
+        lines = [f"{title}:", f"  {'kind':<{w0}}  {'count':>{w1}}  first ids", f"  {'-' * w0}  {'-' * w1}  {'-' * 9}"]
         lines += [f"  {k:<{w0}}  {n:>{w1}}  {ids}".rstrip() for k, n, ids in rows]
         return "\n".join(lines)
 

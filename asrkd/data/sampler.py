@@ -50,9 +50,19 @@ class DurationBatchSampler:
       next batch of the same order.
     """
 
-    def __init__(self, durations: Sequence[float], max_seconds: float, *, shuffle: bool = True,
-                 seed: int = 0, num_buckets: int = 10, max_batch_size: int | None = None,
-                 rank: int | None = None, world_size: int | None = None, ids: Sequence[str] | None = None):
+    def __init__(
+        self,
+        durations: Sequence[float],
+        max_seconds: float,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_buckets: int = 10,
+        max_batch_size: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        ids: Sequence[str] | None = None,
+    ):
         if max_seconds <= 0:
             raise ValueError(f"max_seconds must be > 0, got {max_seconds}")
         if rank is None or world_size is None:
@@ -71,8 +81,11 @@ class DurationBatchSampler:
         self.rank, self.world_size = int(rank), int(world_size)
         self.too_long = [i for i, d in enumerate(self.durations) if d > self.max_seconds]
         if self.too_long:
-            log.warning("%d utterance(s) longer than max_seconds=%.1f are left out of batching",
-                        len(self.too_long), self.max_seconds)
+            log.warning(
+                "%d utterance(s) longer than max_seconds=%.1f are left out of batching",
+                len(self.too_long),
+                self.max_seconds,
+            )
         self._usable = [i for i, d in enumerate(self.durations) if d <= self.max_seconds]
         if 0 < len(self._usable) < self.world_size:
             raise ValueError(f"{len(self._usable)} utterances cannot feed {self.world_size} ranks")
@@ -95,7 +108,7 @@ class DurationBatchSampler:
         n = len(order)
         batches: list[list[int]] = []
         for b in range(self.num_buckets):
-            bucket = order[b * n // self.num_buckets:(b + 1) * n // self.num_buckets]
+            bucket = order[b * n // self.num_buckets : (b + 1) * n // self.num_buckets]
             if self.shuffle:
                 rng.shuffle(bucket)
             batches.extend(self._cut(bucket))
@@ -129,7 +142,7 @@ class DurationBatchSampler:
             b = batches[biggest]
             if len(b) < 2:
                 break
-            batches[biggest:biggest + 1] = [b[: len(b) // 2], b[len(b) // 2:]]
+            batches[biggest : biggest + 1] = [b[: len(b) // 2], b[len(b) // 2 :]]
             need -= 1
         if need:
             # Fewer utterances than it takes: repeat batches so every rank steps the same times.
@@ -144,7 +157,7 @@ class DurationBatchSampler:
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
-        mine = self._plan(self.epoch)[self.rank::self.world_size]
+        mine = self._plan(self.epoch)[self.rank :: self.world_size]
         start, self._skip = self._skip, 0
         self._yielded = start
         for batch in mine[start:]:
@@ -153,7 +166,7 @@ class DurationBatchSampler:
 
     def __len__(self) -> int:
         """Batches this rank yields in the current epoch (all of them, resume or not)."""
-        return len(self._plan(self.epoch)[self.rank::self.world_size])
+        return len(self._plan(self.epoch)[self.rank :: self.world_size])
 
     # -- resume -----------------------------------------------------------------------------
     def _fingerprint(self) -> str:
@@ -170,17 +183,25 @@ class DurationBatchSampler:
         it when the DataLoader prefetches (``num_workers > 0``): the sampler itself only
         knows how many batches it has handed out, which runs ahead of the loop.
         """
-        return {"epoch": self.epoch, "batches_done": self._yielded if batches_done is None else int(batches_done),
-                "seed": self.seed, "world_size": self.world_size, "fingerprint": self._fingerprint()}
+        return {
+            "epoch": self.epoch,
+            "batches_done": self._yielded if batches_done is None else int(batches_done),
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "fingerprint": self._fingerprint(),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """The next ``__iter__`` continues the saved epoch after its done batches."""
         if state.get("fingerprint") != self._fingerprint():
-            raise ValueError("sampler state was saved for other data or batching settings "
-                             "(durations, max_seconds, buckets differ): cannot resume the same order")
+            raise ValueError(
+                "sampler state was saved for other data or batching settings "
+                "(durations, max_seconds, buckets differ): cannot resume the same order"
+            )
         if state.get("world_size") != self.world_size:
-            raise ValueError(f"sampler state was saved with world_size={state.get('world_size')}, "
-                             f"now {self.world_size}")
+            raise ValueError(
+                f"sampler state was saved with world_size={state.get('world_size')}, now {self.world_size}"
+            )
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._plan_cache = None
@@ -191,8 +212,11 @@ class DurationBatchSampler:
         """Count the utterances left out (kind ``too_long``) in a :class:`~asrkd.data.rejects.Rejects`."""
         for i in self.too_long:
             uid = self.ids[i] if self.ids is not None else str(i)
-            rejects.add(uid, "too_long", f"{uid}: {self.durations[i]:.2f} s does not fit a batch of "
-                                         f"max_seconds={self.max_seconds}")
+            rejects.add(
+                uid,
+                "too_long",
+                f"{uid}: {self.durations[i]:.2f} s does not fit a batch of max_seconds={self.max_seconds}",
+            )
 
 
 def _dist_rank_world() -> tuple[int, int]:

@@ -36,8 +36,7 @@ from asrkd.atomic import write_text
 from asrkd.data.audio import SAMPLE_RATE
 
 # English accents of espeak-ng's own (gmw) voices; the mbrola ones need extra packages.
-ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd",
-           "en-029", "en-us-nyc")
+ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
 # Voice variants (timbre). Chosen by listening with Whisper tiny: each kept variant was
 # transcribed with < 12 % CER on test sentences; gimmicks (whisper, croak, robots), near
 # unintelligible ones and exact duplicates were left out. Dev and test variants are disjoint
@@ -45,13 +44,57 @@ ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "
 DEV_VARIANTS = ("f3", "m4", "antonio", "paul", "linda", "Mike")
 TEST_VARIANTS = ("f4", "m5", "Hugo", "michel", "aunty", "grandpa")
 TRAIN_VARIANTS = (
-    "Alex", "Andy", "Annie", "Denis", "Diogo", "Gene", "Gene2", "Henrique", "Mario", "Michael", "Nguyen",
-    "Storm", "Tweaky", "adam", "announcer", "belinda", "edward2", "f1", "f2", "f5", "gustave", "iven",
-    "iven3", "iven4", "john", "klatt4", "klatt5", "m1", "m2", "m3", "m6", "m7", "m8", "marcelo", "max",
-    "pablo", "pedro", "quincy", "rob", "robert", "robosoft2", "robosoft4", "robosoft5", "sandro", "steph",
-    "steph2", "steph3", "victor")
-RATE_WPM = (120, 175)   # espeak-ng -s; faster speech (> ~22 chars/s) crowds a 25 Hz character CTC
-PITCH = (30, 70)        # espeak-ng -p (0-99)
+    "Alex",
+    "Andy",
+    "Annie",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Mario",
+    "Michael",
+    "Nguyen",
+    "Storm",
+    "Tweaky",
+    "adam",
+    "announcer",
+    "belinda",
+    "edward2",
+    "f1",
+    "f2",
+    "f5",
+    "gustave",
+    "iven",
+    "iven3",
+    "iven4",
+    "john",
+    "klatt4",
+    "klatt5",
+    "m1",
+    "m2",
+    "m3",
+    "m6",
+    "m7",
+    "m8",
+    "marcelo",
+    "max",
+    "pablo",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "robosoft2",
+    "robosoft4",
+    "robosoft5",
+    "sandro",
+    "steph",
+    "steph2",
+    "steph3",
+    "victor",
+)
+RATE_WPM = (120, 175)  # espeak-ng -s; faster speech (> ~22 chars/s) crowds a 25 Hz character CTC
+PITCH = (30, 70)  # espeak-ng -p (0-99)
 TRAILING_SILENCE_S = 0.15
 SILENCE_LEVEL = 1e-3
 # Seconds per character of text at 175 wpm, measured on this word list (for sizing only;
@@ -138,9 +181,11 @@ def plan(config: SynthConfig, out_dir: Path) -> list[Job]:
     """Every utterance of the corpus, drawn from ``config.seed`` (no audio yet)."""
     words = load_words()
     cum = list(accumulate(1.0 / (r + 50.0) ** 0.9 for r in range(len(words))))
-    splits = (("train", config.train_hours * 3600, TRAIN_VARIANTS),
-              ("dev", config.dev_minutes * 60, DEV_VARIANTS),
-              ("test", config.test_minutes * 60, TEST_VARIANTS))
+    splits = (
+        ("train", config.train_hours * 3600, TRAIN_VARIANTS),
+        ("dev", config.dev_minutes * 60, DEV_VARIANTS),
+        ("test", config.test_minutes * 60, TEST_VARIANTS),
+    )
     jobs: list[Job] = []
     for k, (split, seconds, variants) in enumerate(splits):
         rng = random.Random(config.seed * 7919 + k)
@@ -149,9 +194,16 @@ def plan(config: SynthConfig, out_dir: Path) -> list[Job]:
             n = rng.randint(config.min_words, config.max_words)
             text = " ".join(words[bisect.bisect_left(cum, rng.random() * cum[-1])] for _ in range(n))
             rate = rng.randint(*RATE_WPM)
-            job = Job(id=f"{split}-{i:06d}", split=split, text=text, voice=rng.choice(ACCENTS),
-                      variant=rng.choice(variants), rate=rate, pitch=rng.randint(*PITCH),
-                      path=str(out_dir / "wavs" / split / f"{split}-{i:06d}.wav"))
+            job = Job(
+                id=f"{split}-{i:06d}",
+                split=split,
+                text=text,
+                voice=rng.choice(ACCENTS),
+                variant=rng.choice(variants),
+                rate=rate,
+                pitch=rng.randint(*PITCH),
+                path=str(out_dir / "wavs" / split / f"{split}-{i:06d}.wav"),
+            )
             jobs.append(job)
             total += estimate_seconds(text, rate)
             i += 1
@@ -206,8 +258,14 @@ def _remove_stale(out_dir: Path, keep: set[str]) -> None:
                     f.unlink()
 
 
-def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *, jobs: int | None = None,
-               progress: bool = True, force: bool = False) -> dict[str, Any]:
+def synthesize(
+    out_dir: str | Path,
+    config: SynthConfig | None = None,
+    *,
+    jobs: int | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
     """Synthesize the corpus into ``out_dir``; returns the statistics written to corpus.json."""
     from tqdm import tqdm
 
@@ -227,9 +285,12 @@ def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *, jobs: 
     _remove_stale(out_dir, {j.path for j in todo})
     jobs = max(1, jobs or os.cpu_count() or 1)
     results: dict[str, tuple[float | None, str | None]] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool, \
-            tqdm(total=len(todo), desc="synthesizing", unit="utt", disable=not progress, file=sys.stderr,
-                 dynamic_ncols=True) as bar:
+    with (
+        ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker) as pool,
+        tqdm(
+            total=len(todo), desc="synthesizing", unit="utt", disable=not progress, file=sys.stderr, dynamic_ncols=True
+        ) as bar,
+    ):
         for uid, seconds, err in pool.map(synthesize_one, todo, chunksize=8):
             results[uid] = (seconds, err)
             bar.update(1)
@@ -239,9 +300,16 @@ def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *, jobs: 
         seconds, err = results[job.id]
         if err is not None:
             continue
-        by_split[job.split].append(Utterance(
-            id=job.id, audio=job.path, duration=round(seconds, 4), text=job.text, speaker=job.speaker,
-            extra={"synth": {"voice": job.speaker, "rate": job.rate, "pitch": job.pitch}}))
+        by_split[job.split].append(
+            Utterance(
+                id=job.id,
+                audio=job.path,
+                duration=round(seconds, 4),
+                text=job.text,
+                speaker=job.speaker,
+                extra={"synth": {"voice": job.speaker, "rate": job.rate, "pitch": job.pitch}},
+            )
+        )
     for split, utts in by_split.items():
         save_manifest(out_dir / f"{split}.jsonl", utts)
     wall = time.perf_counter() - t0

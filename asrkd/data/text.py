@@ -40,12 +40,21 @@ WORD_DELIMITERS = frozenset({"|", " ", "\u2581", "<space>", "<sp>"})
 BLANK_CLASS = "\x00blank"
 
 _TO_APOSTROPHE = dict.fromkeys(map(ord, APOSTROPHES - {"'"}), "'")
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-         "fifteen sixteen seventeen eighteen nineteen").split()
+_ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen"
+).split()
 _TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
 _SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"))
-_ORDINAL = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-            "nine": "ninth", "twelve": "twelfth"}
+_ORDINAL = {
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
+}
 _NUMBER = re.compile(r"(?<![\d.])(\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?(st|nd|rd|th)?(?!\d|,\d)", re.IGNORECASE)
 
 
@@ -66,15 +75,16 @@ def is_special(symbol: str) -> bool:
 
 
 def symbols_to_text(symbols: Iterable[str]) -> str:
-    """The text a sequence of vocabulary symbols spells (a model without a tokenizer): word
-    delimiters become spaces, ``<...>`` specials and blanks are dropped, whitespace runs become
-    one space; letters keep the model's case."""
+    """The text a sequence of vocabulary symbols spells (a model without a tokenizer; the caller
+    has removed the blank): word delimiters become spaces, ``<...>`` specials are dropped,
+    whitespace runs become one space; letters keep the model's case."""
     parts = []
     for sym in symbols:
         canon = canonical_symbol(sym)
-        if canon == BLANK_CLASS or (is_special(sym) and canon != " "):
-            continue
-        parts.append(" " if canon == " " else sym.replace("\u2581", " "))
+        if canon == " ":
+            parts.append(" ")
+        elif not is_special(sym):  # blank names other than "<...>" ("_") are text unless they are the blank
+            parts.append(sym.replace("\u2581", " "))
     return " ".join("".join(parts).split())
 
 

@@ -146,9 +146,20 @@ class BPETokenizer:
             raise ValueError("BPETokenizer.build: no text")
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=model, vocab_size=vocab_size, model_type=model_type,
-            character_coverage=1.0, pad_id=0, pad_piece=BLANK, unk_id=1, bos_id=-1, eos_id=-1,
-            hard_vocab_limit=False, normalization_rule_name="identity", minloglevel=2)
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0,
+            pad_id=0,
+            pad_piece=BLANK,
+            unk_id=1,
+            bos_id=-1,
+            eos_id=-1,
+            hard_vocab_limit=False,
+            normalization_rule_name="identity",
+            minloglevel=2,
+        )
         return cls(model.getvalue())
 
     def __len__(self) -> int:

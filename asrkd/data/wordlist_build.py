@@ -30,13 +30,15 @@ from asrkd.atomic import write_text
 SCOWL = "/usr/share/dict/american-english-small"
 
 # Words a generated sentence should not contain, and frequent BPE fragments that are rare as words.
-DENY = set("""
+DENY = set(
+    """
 ass asses butt butts crap cum damn hell suck sucks sucked tit tits sexy sex sexual sexually sexuality
 rape raped rapes rapist cock penis erect erection naked nude porn pornography breast breasts sperm
 urine anal gay lesbian homosexual racist racism slave slaves slavery suicide whore bitch piss
 con cons pro pros sec imp sub subs col mod fin ins cur hum mar non tot pub rev sac hes mas nit sup
 fro stud char prom comb writ prim prop rout clot rein pled rend vend mart pars tong hind webs
-""".split())
+""".split()
+)
 
 SHORT = set("a an to of in is on it he we as at or by be do go me my no so up us if am".split())
 
@@ -60,8 +62,11 @@ def build(size: int, scowl: str = SCOWL) -> list[str]:
 
     vocab = json.loads((Path(mnm).parent / "model" / "tokenizer.json").read_text())["model"]["vocab"]
     words = {w.strip() for w in Path(scowl).read_text(encoding="utf-8").splitlines()}
-    ranked = sorted((vocab["\u0120" + w], w) for w in words
-                    if (re.fullmatch(r"[a-z]{3,}", w) or w in SHORT) and "\u0120" + w in vocab and w not in DENY)
+    ranked = sorted(
+        (vocab["\u0120" + w], w)
+        for w in words
+        if (re.fullmatch(r"[a-z]{3,}", w) or w in SHORT) and "\u0120" + w in vocab and w not in DENY
+    )
     if len(ranked) < size:
         raise SystemExit(f"only {len(ranked)} candidate words, fewer than --size {size}")
     return [w for _, w in ranked[:size]]

@@ -88,15 +88,28 @@ def decode_manifest(
         rejects = Rejects() if rejects is None else rejects
         utts, skipped_ids, manifest_path = _read_entries(manifest, rejects)
         chunk = model.chunk_samples(chunk_ms) if streaming else None  # validates the model and the chunk
-        search, search_info = _search(decoder, model, beam=beam, lexicon=lexicon, lm=lm, backend=beam_backend,
-                                      options=decoder_options)
+        search, search_info = _search(
+            decoder, model, beam=beam, lexicon=lexicon, lm=lm, backend=beam_backend, options=decoder_options
+        )
         meter = DelayMeter(emission_delay_ref, model, device) if emission_delay_ref is not None else None
         run = _Run(model, search, meter, rejects, device)
         run.decode_all(utts, chunk, batch_seconds, progress)
         order = [u.id for u in utts] + skipped_ids
         hyps = {uid: run.texts.get(uid, "") for uid in order}
-        stats = _stats(run, model, hyps, run.failed + skipped_ids, manifest_path, streaming, chunk, search_info,
-                       lexicon=lexicon, lm=lm, beam=beam, device=device)
+        stats = _stats(
+            run,
+            model,
+            hyps,
+            run.failed + skipped_ids,
+            manifest_path,
+            streaming,
+            chunk,
+            search_info,
+            lexicon=lexicon,
+            lm=lm,
+            beam=beam,
+            device=device,
+        )
         stats["wall_s"] = time.perf_counter() - wall0
         return hyps, stats
 
@@ -152,8 +165,16 @@ def _search(decoder, model: AcousticModel, *, beam, lexicon, lm, backend, option
     if decoder == "greedy":
         return build_decoder("greedy", blank=model.blank_id), {"decoder": "greedy", "beam_backend": None}
     backend = beam_backend(backend, model.vocab)
-    search = build_decoder("beam", model.vocab, blank=model.blank_id, beam=beam, lexicon=lexicon, lm=lm,
-                           backend=backend, **dict(options or {}))
+    search = build_decoder(
+        "beam",
+        model.vocab,
+        blank=model.blank_id,
+        beam=beam,
+        lexicon=lexicon,
+        lm=lm,
+        backend=backend,
+        **dict(options or {}),
+    )
     return search, {"decoder": "beam", "beam_backend": backend}
 
 
@@ -203,8 +224,9 @@ class _Run:
             return None
         need = self.model.min_samples
         if wave.numel() < need:
-            self.rejects.add(u.id, "too_short", f"{u.id}: {wave.numel()} samples give the model no output frame "
-                                               f"(needs >= {need})")
+            self.rejects.add(
+                u.id, "too_short", f"{u.id}: {wave.numel()} samples give the model no output frame (needs >= {need})"
+            )
             self.failed.append(u.id)
             return None
         return wave
@@ -253,8 +275,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _stats(run: _Run, model: AcousticModel, hyps, failed_ids, manifest_path, streaming: bool, chunk: int | None,
-           search_info: Mapping[str, Any], *, lexicon, lm, beam, device) -> dict[str, Any]:
+def _stats(
+    run: _Run,
+    model: AcousticModel,
+    hyps,
+    failed_ids,
+    manifest_path,
+    streaming: bool,
+    chunk: int | None,
+    search_info: Mapping[str, Any],
+    *,
+    lexicon,
+    lm,
+    beam,
+    device,
+) -> dict[str, Any]:
     beam_search = search_info["decoder"] == "beam"
     stats: dict[str, Any] = {
         "checkpoint": model.spec,
@@ -272,7 +307,7 @@ def _stats(run: _Run, model: AcousticModel, hyps, failed_ids, manifest_path, str
         "compute_s": run.compute_s,
         "rtf": run.compute_s / run.audio_s if run.audio_s > 0 else None,
         "rtf_includes": "log-mel + CMVN (or the model's own front-end), acoustic model, CTC search; "
-                        "not audio file reading or the emission-delay reference",
+        "not audio file reading or the emission-delay reference",
         "output_frames": run.frames_out,
         "streaming": bool(streaming),
         "decoder": search_info["decoder"],
@@ -297,6 +332,7 @@ def _stats(run: _Run, model: AcousticModel, hyps, failed_ids, manifest_path, str
 def write_hypotheses(path: str | os.PathLike, hyps: Mapping[str, str]) -> None:
     """Write ``utt-id word word ...`` lines (an id alone for an empty hypothesis),
     atomically (temporary file + rename)."""
+
     def write(f) -> None:
         for uid, text in hyps.items():
             words = " ".join(text.split())

@@ -31,8 +31,9 @@ class Emission:
     ms: float
 
 
-def token_emissions(log_probs: torch.Tensor, ids: Sequence[int], *, blank: int, frame_rate: float,
-                    symbols: Sequence[str] | None = None) -> list[Emission]:
+def token_emissions(
+    log_probs: torch.Tensor, ids: Sequence[int], *, blank: int, frame_rate: float, symbols: Sequence[str] | None = None
+) -> list[Emission]:
     """Where each token of ``ids`` is emitted: the first frame of its span on the best CTC
     path that spells ``ids`` (``torchaudio.functional.forced_align``). For the greedy
     hypothesis that path is the greedy path itself (its spikes); for a reference transcript
@@ -55,8 +56,9 @@ def token_emissions(log_probs: torch.Tensor, ids: Sequence[int], *, blank: int, 
         return []
     T = log_probs.size(0)
     if T < ctc_min_frames(ids):
-        raise ValueError(f"{T} frames cannot hold {len(ids)} tokens with {ctc_min_frames(ids) - len(ids)} adjacent "
-                         "repeats")
+        raise ValueError(
+            f"{T} frames cannot hold {len(ids)} tokens with {ctc_min_frames(ids) - len(ids)} adjacent repeats"
+        )
     targets = torch.tensor([ids], dtype=torch.int32)
     path, scores = AF.forced_align(log_probs.detach().float().cpu()[None], targets, blank=blank)
     spans = AF.merge_tokens(path[0], scores[0].exp(), blank=blank)
@@ -113,7 +115,7 @@ class DelayMeter:
                 self.forced = True
             elif s.startswith("forced-align:"):
                 self.forced = True
-                ref_model = load_acoustic_model(s[len("forced-align:"):], device)
+                ref_model = load_acoustic_model(s[len("forced-align:") :], device)
             else:
                 ref_model = load_acoustic_model(s, device)
         else:
@@ -121,7 +123,9 @@ class DelayMeter:
         self.ref = ref_model
         self.description = (
             f"forced alignment of the reference text on {'its own' if ref_model is rec else ref_model.spec} "
-            "full-context log-probs" if self.forced else f"CTC spikes of {ref_model.spec} (full context, greedy)"
+            "full-context log-probs"
+            if self.forced
+            else f"CTC spikes of {ref_model.spec} (full context, greedy)"
         )
         self.delays: list[float] = []
         self.available: list[float] = []
@@ -130,8 +134,15 @@ class DelayMeter:
         self.ref_tokens = 0
         self.skipped: Counter[str] = Counter()
 
-    def add(self, wave: torch.Tensor, text: str | None, hyp_lp: torch.Tensor, hyp_ids: Sequence[int],
-            available_ms: Sequence[float] | None, full_lp: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        wave: torch.Tensor,
+        text: str | None,
+        hyp_lp: torch.Tensor,
+        hyp_ids: Sequence[int],
+        available_ms: Sequence[float] | None,
+        full_lp: torch.Tensor | None = None,
+    ) -> None:
         """``hyp_lp`` (T, V): the log-probs the hypothesis came from; ``full_lp``: the
         model's own full-context log-probs if already computed (full-utterance mode)."""
         from asrkd.eval.search import greedy_decode
@@ -147,19 +158,32 @@ class DelayMeter:
                 return
         if self.ref is self.rec and full_lp is not None:
             ref_lp = full_lp
+        elif wave.numel() < self.ref.min_samples:  # decodable by the model, too short for the reference
+            self.skipped["too_short_for_reference"] += 1
+            return
         else:
             lp, lens = self.ref.log_probs(wave[None], torch.tensor([wave.numel()]))
             ref_lp = lp[0, : int(lens[0])]
         if not self.forced:
             ref_ids = greedy_decode(ref_lp, blank=self.ref.blank_id)[0]
         try:
-            ref_em = token_emissions(ref_lp, ref_ids, blank=self.ref.blank_id, frame_rate=self.ref.frame_rate,
-                                     symbols=self.ref.symbols(range(len(self.ref.vocab))))
+            ref_em = token_emissions(
+                ref_lp,
+                ref_ids,
+                blank=self.ref.blank_id,
+                frame_rate=self.ref.frame_rate,
+                symbols=self.ref.symbols(range(len(self.ref.vocab))),
+            )
         except ValueError:
             self.skipped["too_short_for_alignment"] += 1
             return
-        hyp_em = token_emissions(hyp_lp, hyp_ids, blank=self.rec.blank_id, frame_rate=self.rec.frame_rate,
-                                 symbols=self.rec.symbols(range(len(self.rec.vocab))))
+        hyp_em = token_emissions(
+            hyp_lp,
+            hyp_ids,
+            blank=self.rec.blank_id,
+            frame_rate=self.rec.frame_rate,
+            symbols=self.rec.symbols(range(len(self.rec.vocab))),
+        )
         self.utterances += 1
         self.hyp_tokens += len(hyp_em)
         self.ref_tokens += len(ref_em)

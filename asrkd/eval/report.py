@@ -34,8 +34,9 @@ def _read_json(path: Path, *required: str) -> dict | None:
         raise ValueError(f"{path}: not a readable JSON file ({err}); rerun the stage that writes it") from None
     missing = [k for k in required if not isinstance(obj, dict) or k not in obj]
     if not isinstance(obj, dict) or missing:
-        raise ValueError(f"{path}: expected a JSON object with {', '.join(required) or 'fields'}; rerun the stage "
-                         "that writes it")
+        raise ValueError(
+            f"{path}: expected a JSON object with {', '.join(required) or 'fields'}; rerun the stage that writes it"
+        )
     return obj
 
 

@@ -32,7 +32,6 @@ from typing import IO
 from asrkd.atomic import atomic_write
 from asrkd.data.text import APOSTROPHES, normalize_text
 
-
 METHODS = ("sclite", "levenshtein")
 
 # sclite's default word-to-word distances (``wwd``): match 0, substitution 4,
@@ -555,6 +554,3 @@ def _write_details(f: IO[str], utts: Sequence[Mapping]) -> None:
         f.write(f"{utt} #char-csid {cc['correct']} {cc['substitutions']} {cc['insertions']} {cc['deletions']}\n")
         if u["missing_hyp"]:
             f.write(f"{utt} missing no hypothesis: all reference words count as deletions\n")
-
-
-# --------------------------------------------------------------------------- CLI

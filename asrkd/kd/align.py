@@ -94,8 +94,9 @@ def check_shift(shift: int) -> None:
         raise ValueError(f"shift must be an int >= 0 (student frames), got {shift!r}")
 
 
-def check_lengths(name: str, lengths: torch.Tensor | None, batch: int, frames: int, device, *,
-                  none_means_all: bool = False) -> torch.Tensor:
+def check_lengths(
+    name: str, lengths: torch.Tensor | None, batch: int, frames: int, device, *, none_means_all: bool = False
+) -> torch.Tensor:
     """``lengths`` as int64 on ``device``, once checked: an integer tensor of shape (batch,) in
     [0, frames]. With ``none_means_all``, None stands for ``frames`` everywhere."""
     if lengths is None and none_means_all:
@@ -108,8 +109,13 @@ def check_lengths(name: str, lengths: torch.Tensor | None, batch: int, frames: i
     return lengths
 
 
-def check_topk_pair(topk_idx: torch.Tensor, topk_logprob: torch.Tensor, *, name: str = "topk_idx and topk_logprob",
-                    batch: int | None = None) -> None:
+def check_topk_pair(
+    topk_idx: torch.Tensor,
+    topk_logprob: torch.Tensor,
+    *,
+    name: str = "topk_idx and topk_logprob",
+    batch: int | None = None,
+) -> None:
     """Both (B, T, K), with B = ``batch`` when given."""
     if topk_idx.dim() != 3 or topk_logprob.shape != topk_idx.shape or batch not in (None, topk_idx.shape[0]):
         raise ValueError(
@@ -196,9 +202,7 @@ class VocabMap:
         self.teacher_size = len(index)
         self.student_size = int(student_size)
         self.teacher_vocab = list(teacher_vocab) if teacher_vocab is not None else [str(i) for i in range(len(index))]
-        self.student_vocab = (
-            list(student_vocab) if student_vocab is not None else [str(i) for i in range(student_size)]
-        )
+        self.student_vocab = list(student_vocab) if student_vocab is not None else [str(i) for i in range(student_size)]
         self.unmapped = list(unmapped)
         self._index = torch.tensor(index, dtype=torch.long)
         self._kept = torch.nonzero(self._index >= 0).flatten()
@@ -268,8 +272,7 @@ class VocabMap:
             if unmapped not in exact:
                 raise ValueError(f"unmapped={unmapped!r} is neither 'drop' nor a student symbol")
             index = [exact[unmapped] if i < 0 and teacher_vocab[t] in missing else i for t, i in enumerate(index)]
-        vm = cls(index, len(student_vocab), teacher_vocab=teacher_vocab, student_vocab=student_vocab,
-                 unmapped=missing)
+        vm = cls(index, len(student_vocab), teacher_vocab=teacher_vocab, student_vocab=student_vocab, unmapped=missing)
         if not vm.is_identity:
             logger.info("teacher -> student vocabulary: %s", vm.describe())
         return vm
@@ -430,8 +433,9 @@ def _student_names(student_vocab: Sequence[str], blank_id: int) -> tuple[dict[st
     return exact, canon
 
 
-def _checked_overrides(overrides: Mapping[str, str | None] | None, teacher_vocab: Sequence[str],
-                       exact: Mapping[str, int]) -> dict[str, str | None]:
+def _checked_overrides(
+    overrides: Mapping[str, str | None] | None, teacher_vocab: Sequence[str], exact: Mapping[str, int]
+) -> dict[str, str | None]:
     overrides = dict(overrides or {})
     for sym, target in overrides.items():
         if sym not in teacher_vocab:
@@ -441,9 +445,14 @@ def _checked_overrides(overrides: Mapping[str, str | None] | None, teacher_vocab
     return overrides
 
 
-def _match_by_name(teacher_vocab: Sequence[str], teacher_blank_id: int | None, student_blank_id: int,
-                   overrides: Mapping[str, str | None], exact: Mapping[str, int],
-                   canon: Mapping[str, int]) -> tuple[list[int], list[str]]:
+def _match_by_name(
+    teacher_vocab: Sequence[str],
+    teacher_blank_id: int | None,
+    student_blank_id: int,
+    overrides: Mapping[str, str | None],
+    exact: Mapping[str, int],
+    canon: Mapping[str, int],
+) -> tuple[list[int], list[str]]:
     """The rules of :meth:`VocabMap.from_vocabs`: each teacher symbol's student id (-1: none),
     and the unmapped symbols."""
     index: list[int] = []
@@ -475,7 +484,8 @@ def _refuse_poor_match(teacher_vocab: Sequence[str], missing: Sequence[str], max
     hint = (
         f" {len(pieces)} of them are multi-character pieces: the teacher looks like a subword (BPE) "
         "model, which a character student cannot be distilled from frame by frame"
-        if len(pieces) > len(bad) // 2 else ""
+        if len(pieces) > len(bad) // 2
+        else ""
     )
     shown = ", ".join(repr(s) for s in bad[:20]) + (f", ... ({len(bad) - 20} more)" if len(bad) > 20 else "")
     raise ValueError(
@@ -505,8 +515,9 @@ def _merge_by_student_id(sid: torch.Tensor, lp: torch.Tensor, V_s: int):
     return gsid, glog, gmass, stored_in_group
 
 
-def _fill_topk_slots(gsid: torch.Tensor, glog: torch.Tensor, real: torch.Tensor, rest: torch.Tensor, k_out: int,
-                     V_s: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _fill_topk_slots(
+    gsid: torch.Tensor, glog: torch.Tensor, real: torch.Tensor, rest: torch.Tensor, k_out: int, V_s: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k_out output slots of each frame: its merged symbols (``real`` slots of ``gsid``,
     ``glog``) first, then student ids not among them, each with an even share of ``rest``
     (the probability left), so the top-k op's tail sees the same distribution."""
@@ -626,7 +637,7 @@ def _keep_spikes_(probs: torch.Tensor, frames_covered: torch.Tensor, blank_id: i
     p_blank = probs[..., blank_id].clone()
     # Σ of the non-blank columns directly (not 1 - p_blank, which cancels when p_blank ≈ 1),
     # then both normalised (a mapped or top-k teacher need not sum to 1 exactly).
-    non_blank = probs[..., :blank_id].sum(-1) + probs[..., blank_id + 1:].sum(-1)
+    non_blank = probs[..., :blank_id].sum(-1) + probs[..., blank_id + 1 :].sum(-1)
     total = (p_blank + non_blank).clamp_min(1e-30)
     probs.div_(total[..., None])
     p_blank.div_(total)

@@ -58,9 +58,9 @@ use such a cache.
 
 **Bad audio** (missing, unreadable, truncated, empty, NaN) is skipped and counted, as are
 clips shorter than the teacher accepts (``too_short``; :func:`teacher_min_samples`: 320
-samples for Whisper's front-end, what a log-mel student's front-end needs) and utterances the teacher gives no frames or non-finite
-outputs for; the index keeps the records, the command prints the summary, and the trainer
-counts them again as its own rejects.
+samples for Whisper's front-end, what a log-mel student's front-end needs) and utterances
+the teacher gives no frames or non-finite outputs for; the index keeps the records, the
+command prints the summary, and the trainer counts them again as its own rejects.
 
 Library side (``docs/internals.md``; the command is :mod:`asrkd.cli.cache_teacher` over
 :func:`cache_teacher`)::
@@ -144,8 +144,14 @@ def entry_fingerprint(utt) -> dict[str, Any]:
         size, mtime = int(st.st_size), int(st.st_mtime_ns)
     except OSError:
         size = mtime = None
-    return {"id": utt.id, "audio": path, "offset": None if utt.offset is None else round(float(utt.offset), 4),
-            "duration": round(float(utt.duration), 4), "size": size, "mtime_ns": mtime}
+    return {
+        "id": utt.id,
+        "audio": path,
+        "offset": None if utt.offset is None else round(float(utt.offset), 4),
+        "duration": round(float(utt.duration), 4),
+        "size": size,
+        "mtime_ns": mtime,
+    }
 
 
 def cache_settings(kind: str, topk: int | None, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
@@ -154,8 +160,14 @@ def cache_settings(kind: str, topk: int | None, sample_rate: int = SAMPLE_RATE) 
         raise ValueError(f"cache kind must be 'dense' or 'topk', got {kind!r}")
     if kind == "topk" and (topk is None or topk < 1):
         raise ValueError(f"top-k caching needs topk >= 1, got {topk}")
-    return {"format": FORMAT, "kind": kind, "topk": int(topk) if kind == "topk" else None,
-            "values": "log_softmax", "dtype": "float16", "sample_rate": int(sample_rate)}
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "topk": int(topk) if kind == "topk" else None,
+        "values": "log_softmax",
+        "dtype": "float16",
+        "sample_rate": int(sample_rate),
+    }
 
 
 def cache_key(teacher_hash: str, manifest_entry: Mapping[str, Any], feature_settings: Mapping[str, Any]) -> str:
@@ -211,8 +223,9 @@ class TeacherTargets:
     @property
     def logits(self) -> torch.Tensor | None:
         """Deprecated name of :attr:`log_probs` (what the cache stores are log-probabilities)."""
-        warnings.warn("TeacherTargets.logits is deprecated: use TeacherTargets.log_probs", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "TeacherTargets.logits is deprecated: use TeacherTargets.log_probs", DeprecationWarning, stacklevel=2
+        )
         return self.log_probs
 
 
@@ -277,13 +290,17 @@ class TeacherCache:
         index = _open_index(directory)
         bad = _bad_shards(directory, index)
         if bad:
-            raise CacheIntegrityError(f"teacher cache {directory}: {_describe_bad(index, bad)}; run the same "
-                                      "`asrkd cache-teacher` command again to recompute them")
+            raise CacheIntegrityError(
+                f"teacher cache {directory}: {_describe_bad(index, bad)}; run the same "
+                "`asrkd cache-teacher` command again to recompute them"
+            )
         if expect_key is not None and expect_key != index["key"]:
-            raise CacheKeyError(f"teacher cache {directory} has key {index['key'][:16]}, expected "
-                                f"{expect_key[:16]} (teacher {index['teacher']['spec']!r}, manifest "
-                                f"{index['manifest'].get('path')}): use TeacherCache.check_teacher / "
-                                "check_entries to see which part differs")
+            raise CacheKeyError(
+                f"teacher cache {directory} has key {index['key'][:16]}, expected "
+                f"{expect_key[:16]} (teacher {index['teacher']['spec']!r}, manifest "
+                f"{index['manifest'].get('path')}): use TeacherCache.check_teacher / "
+                "check_entries to see which part differs"
+            )
         return cls(directory, index)
 
     # -- contents -------------------------------------------------------------------------
@@ -303,16 +320,22 @@ class TeacherCache:
         """The cached teacher outputs of a batch of these ids, padded (:func:`collate_teacher`),
         on ``device``: what :class:`asrkd.kd.loss.DistillationLoss` takes as ``teacher=``."""
         batch = collate_teacher([self.get(i) for i in ids])
-        return TeacherOutput(logits=batch.get("logits"), topk_idx=batch.get("topk_idx"),
-                             topk_logprob=batch.get("topk_logprob"),
-                             lengths=batch["lengths"]).to(device, non_blocking=True)
+        return TeacherOutput(
+            logits=batch.get("logits"),
+            topk_idx=batch.get("topk_idx"),
+            topk_logprob=batch.get("topk_logprob"),
+            lengths=batch["lengths"],
+        ).to(device, non_blocking=True)
 
     def loss_inputs(self, ids: Sequence[str], device: str | torch.device = "cpu") -> dict[str, Any]:
         """Deprecated: ``DistillationLoss(..., teacher=cache.targets(ids, device))``. The same
         outputs as the separate teacher keyword arguments of ``DistillationLoss``:
         ``teacher_logits`` (dense) or ``teacher_topk`` (top-k), and ``teacher_lengths``."""
-        warnings.warn("TeacherCache.loss_inputs is deprecated: pass teacher=cache.targets(ids, device) to "
-                      "DistillationLoss", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            "TeacherCache.loss_inputs is deprecated: pass teacher=cache.targets(ids, device) to DistillationLoss",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         t = self.targets(ids, device)
         out: dict[str, Any] = {"teacher_lengths": t.lengths}
         if t.kind == "dense":
@@ -330,8 +353,10 @@ class TeacherCache:
             path = self.dir / SHARD_PATTERN.format(number)
             shard, problem = _load_shard(path, self._planned[number], self.index)  # checked by open(): changed since
             if problem:
-                raise CacheIntegrityError(f"teacher cache shard {path} {problem}; run the same `asrkd cache-teacher` "
-                                          "command again to recompute it")
+                raise CacheIntegrityError(
+                    f"teacher cache shard {path} {problem}; run the same `asrkd cache-teacher` "
+                    "command again to recompute it"
+                )
             shard["pos"] = {u: i for i, u in enumerate(shard["ids"])}
             self._shards[number] = shard
         return shard
@@ -354,8 +379,10 @@ class TeacherCache:
         """Raise :class:`CacheKeyError` unless ``fingerprint`` (:func:`teacher_fingerprint`)
         is the teacher the cache was made with."""
         if fingerprint["hash"] != self.teacher["hash"]:
-            raise CacheKeyError(f"teacher cache {self.dir} was made with another teacher: "
-                                f"{_describe_teacher_diff(self.teacher, fingerprint)}")
+            raise CacheKeyError(
+                f"teacher cache {self.dir} was made with another teacher: "
+                f"{_describe_teacher_diff(self.teacher, fingerprint)}"
+            )
 
     def check_entries(self, utterances: Iterable, rejects=None) -> list:
         """The utterances the cache holds, checked against their cached keys.
@@ -384,14 +411,17 @@ class TeacherCache:
             keep.append(u)
         problems = []
         if changed:
-            problems.append(f"{len(changed)} manifest entries differ from the cached ones, e.g. "
-                            + "; ".join(changed[:5]))
+            problems.append(
+                f"{len(changed)} manifest entries differ from the cached ones, e.g. " + "; ".join(changed[:5])
+            )
         if missing:
             problems.append(f"{len(missing)} utterances are not in the cache, e.g. {', '.join(missing[:5])}")
         if problems:
-            raise CacheKeyError(f"teacher cache {self.dir} (made from {self.index['manifest'].get('path')}) does not "
-                                f"match: {'; '.join(problems)}. Rerun `asrkd cache-teacher` on this manifest "
-                                "into a new folder")
+            raise CacheKeyError(
+                f"teacher cache {self.dir} (made from {self.index['manifest'].get('path')}) does not "
+                f"match: {'; '.join(problems)}. Rerun `asrkd cache-teacher` on this manifest "
+                "into a new folder"
+            )
         return keep
 
 
@@ -416,8 +446,13 @@ def _parse_index(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 # damaged one is refused (or recomputed by cache-teacher) up front, never half way through a run.
 
 _TEACHER_FIELDS = ("spec", "weights", "vocab", "blank_id", "frame_rate")
-_PART_NAMES = {"spec": "spec", "weights": "weights hash", "vocab": "vocabulary", "blank_id": "blank id",
-               "frame_rate": "frame rate"}
+_PART_NAMES = {
+    "spec": "spec",
+    "weights": "weights hash",
+    "vocab": "vocabulary",
+    "blank_id": "blank id",
+    "frame_rate": "frame rate",
+}
 
 
 def _what(value: Any) -> str:
@@ -471,13 +506,20 @@ def _structure_problem(index: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _edited_part(index: Mapping[str, Any], teacher_fp: Mapping[str, Any] | None = None,
-                 settings: Mapping[str, Any] | None = None, manifest_hash: str | None = None) -> str | None:
+def _edited_part(
+    index: Mapping[str, Any],
+    teacher_fp: Mapping[str, Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+    manifest_hash: str | None = None,
+) -> str | None:
     """Which stored part no longer gives the stored key (None when all agree). With this run's
     teacher fingerprint, settings and manifest hash, and the stored key theirs, it names the part."""
     t = index["teacher"]
     teacher_hash = _sha256({k: t[k] for k in _TEACHER_FIELDS})
-    if teacher_hash == t["hash"] and _overall_key(t["hash"], index["settings"], index["manifest"]["hash"]) == index["key"]:
+    if (
+        teacher_hash == t["hash"]
+        and _overall_key(t["hash"], index["settings"], index["manifest"]["hash"]) == index["key"]
+    ):
         return None
     if teacher_fp is not None and index["key"] == _overall_key(teacher_fp["hash"], settings, manifest_hash):
         parts = [f"teacher {_PART_NAMES[k]}" for k in _TEACHER_FIELDS if t[k] != teacher_fp[k]]
@@ -501,8 +543,9 @@ def _index_problem(path: Path, index: Mapping[str, Any], *args: Any) -> str | No
     return f"{path} was edited: {problem}" if problem else None
 
 
-def _shard_record_problems(n: int, s: Any, owner: dict[str, int], rejected_in: dict[str, int],
-                           plan: Sequence[Sequence[str]] | None) -> list[str]:
+def _shard_record_problems(
+    n: int, s: Any, owner: dict[str, int], rejected_in: dict[str, int], plan: Sequence[Sequence[str]] | None
+) -> list[str]:
     """What is wrong with shard ``n``'s record; fills ``owner`` (id -> first shard planning it)
     and ``rejected_in`` (id -> shard rejecting it)."""
     if not isinstance(s, dict):
@@ -512,7 +555,9 @@ def _shard_record_problems(n: int, s: Any, owner: dict[str, int], rejected_in: d
         why.append(f"its record names the file {s.get('file')!r}, not {SHARD_PATTERN.format(n)!r}")
     if not isinstance(s.get("done"), bool):
         why.append(f"'done' is {_what(s.get('done'))}, not true or false")
-    if (s.get("size") is not None and not _is_count(s["size"])) or not isinstance(s.get("sha256", ""), (str, type(None))):
+    if (s.get("size") is not None and not _is_count(s["size"])) or not isinstance(
+        s.get("sha256", ""), (str, type(None))
+    ):
         why.append("'size' or 'sha256' is not a byte count and a hash")
     ids = s.get("ids")
     if not isinstance(ids, list) or not all(isinstance(u, str) for u in ids):
@@ -537,7 +582,9 @@ def _shard_record_problems(n: int, s: Any, owner: dict[str, int], rejected_in: d
     return why
 
 
-def _entry_problem(uid: str, e: Any, n: int | None, shards: Sequence[Any], rejected_in: Mapping[str, int]) -> str | None:
+def _entry_problem(
+    uid: str, e: Any, n: int | None, shards: Sequence[Any], rejected_in: Mapping[str, int]
+) -> str | None:
     """What is wrong with one entry that shard ``n``'s plan lists (``n`` None: no plan lists it)."""
     if not isinstance(e, dict):
         return f"entry {uid!r} is {_what(e)}, not an object"
@@ -561,9 +608,11 @@ def _entry_problem(uid: str, e: Any, n: int | None, shards: Sequence[Any], rejec
     return None
 
 
-def _shard_index_problems(index: Mapping[str, Any], plan: Sequence[Sequence[str]] | None = None,
-                          fingerprints: Mapping[str, Mapping[str, Any]] | None = None
-                          ) -> tuple[str | None, dict[int, str]]:
+def _shard_index_problems(
+    index: Mapping[str, Any],
+    plan: Sequence[Sequence[str]] | None = None,
+    fingerprints: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[str | None, dict[int, str]]:
     """Problems of a structurally sound index that concern single shards: shard number -> reason,
     and a problem no shard can be blamed for (or None). ``plan`` and ``fingerprints`` (cache-teacher,
     which has the manifest) add: each shard plans the manifest's ids, each entry has its entry's key."""
@@ -578,9 +627,14 @@ def _shard_index_problems(index: Mapping[str, Any], plan: Sequence[Sequence[str]
     for uid, e in entries.items():
         n = owner.get(uid)
         why = _entry_problem(uid, e, n, shards, rejected_in)
-        if why is None and fingerprints is not None and (
+        if (
+            why is None
+            and fingerprints is not None
+            and (
                 e["entry"] != fingerprints.get(uid)
-                or e["key"] != cache_key(index["teacher"]["hash"], e["entry"], index["settings"])):
+                or e["key"] != cache_key(index["teacher"]["hash"], e["entry"], index["settings"])
+            )
+        ):
             why = f"entry {uid!r} has another key or fingerprint than its manifest entry"
         if why is None:
             continue
@@ -593,13 +647,16 @@ def _shard_index_problems(index: Mapping[str, Any], plan: Sequence[Sequence[str]
             continue
         lost = [u for u in s["ids"] if owner[u] == n and u not in entries and rejected_in.get(u) != n]
         problems.setdefault(n, []).extend(f"utterance {u!r} of its plan is neither cached nor rejected" for u in lost)
-    return None, {n: "index.json: " + "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
-                  for n, why in sorted(problems.items()) if why}
+    return None, {
+        n: "index.json: " + "; ".join(why[:3]) + (f"; and {len(why) - 3} more" if len(why) > 3 else "")
+        for n, why in sorted(problems.items())
+        if why
+    }
 
 
 def _plan(ids: Sequence[str], shard_size: int) -> list[list[str]]:
     """The shard plan of a cache: manifest order, ``shard_size`` utterances each."""
-    return [list(ids[a:a + shard_size]) for a in range(0, len(ids), shard_size)]
+    return [list(ids[a : a + shard_size]) for a in range(0, len(ids), shard_size)]
 
 
 def _remove_own_files(out: Path) -> None:
@@ -689,8 +746,10 @@ def _layout_problem(shard: Any, planned: Sequence[str], index: Mapping[str, Any]
     if not isinstance(shard, dict) or any(k not in shard for k in ("ids", "frames", "offsets", *names)):
         return "is not a teacher cache shard of this kind"
     if list(shard["ids"]) != list(planned):
-        return (f"holds utterances {', '.join(map(str, list(shard['ids'])[:3]))}..., not the ones the index plans "
-                f"for it ({', '.join(planned[:3])}...)")
+        return (
+            f"holds utterances {', '.join(map(str, list(shard['ids'])[:3]))}..., not the ones the index plans "
+            f"for it ({', '.join(planned[:3])}...)"
+        )
     frames = [int(index["entries"][u]["frames"]) for u in planned]
     offsets = shard["offsets"]
     if list(shard["frames"]) != frames or offsets.numel() != len(frames) + 1 or offsets.diff().tolist() != frames:
@@ -698,8 +757,7 @@ def _layout_problem(shard: Any, planned: Sequence[str], index: Mapping[str, Any]
     if any(shard[k].shape[0] != int(offsets[-1]) for k in names):
         return f"holds {[shard[k].shape[0] for k in names]} frames, the offsets say {int(offsets[-1])}"
     width = vocab_size if kind == "dense" else index["settings"]["topk"]
-    dtypes = {"logits": torch.float16, "topk_logprob": torch.float16,
-              "topk_idx": _index_dtype(vocab_size)}
+    dtypes = {"logits": torch.float16, "topk_logprob": torch.float16, "topk_idx": _index_dtype(vocab_size)}
     for k in names if int(offsets[-1]) else ():
         t = shard[k]
         if t.dtype != dtypes[k] or t.dim() != 2 or t.shape[1] != width:
@@ -737,8 +795,10 @@ def _open_index(directory: Path) -> dict[str, Any]:
     :class:`CacheIntegrityError` naming the index and its first problems, ``ValueError`` (unfinished)."""
     path = directory / INDEX
     if not path.is_file():
-        raise FileNotFoundError(f"no teacher cache at {directory} (missing {INDEX}); create it with "
-                                "`asrkd cache-teacher --teacher SPEC --manifest M.jsonl --out DIR`")
+        raise FileNotFoundError(
+            f"no teacher cache at {directory} (missing {INDEX}); create it with "
+            "`asrkd cache-teacher --teacher SPEC --manifest M.jsonl --out DIR`"
+        )
     rerun = "run the same `asrkd cache-teacher` command again to recompute"
     index, problem = _parse_index(path)
     problem = problem or _index_problem(path, index)
@@ -751,8 +811,10 @@ def _open_index(directory: Path) -> dict[str, Any]:
         raise CacheIntegrityError(f"{path} is inconsistent: {_describe_bad(index, bad)}; {rerun} them")
     done = sum(s["done"] for s in index["shards"])
     if done < len(index["shards"]):
-        raise ValueError(f"teacher cache {directory} is unfinished ({done} of {len(index['shards'])} shards): "
-                         "run the same `asrkd cache-teacher` command again to finish it")
+        raise ValueError(
+            f"teacher cache {directory} is unfinished ({done} of {len(index['shards'])} shards): "
+            "run the same `asrkd cache-teacher` command again to finish it"
+        )
     return index
 
 
@@ -760,10 +822,20 @@ def _open_index(directory: Path) -> dict[str, Any]:
 # Writing
 
 
-def cache_teacher(teacher_spec: str, manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  topk: int | None = None, shard_size: int = 1000, batch_seconds: float = 200.0,
-                  num_workers: int = 2, device: str | torch.device = "cpu", force: bool = False,
-                  progress: bool = True, log: Callable[[str], None] = print):
+def cache_teacher(
+    teacher_spec: str,
+    manifest: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    topk: int | None = None,
+    shard_size: int = 1000,
+    batch_seconds: float = 200.0,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+):
     """What ``asrkd cache-teacher`` runs: load the manifest and the teacher
     (``asrkd.models.teachers.load_teacher(teacher_spec)``), write or finish the cache in
     ``out_dir`` (:func:`build_cache`) and return the :class:`~asrkd.data.Rejects` of every
@@ -778,19 +850,41 @@ def cache_teacher(teacher_spec: str, manifest: str | os.PathLike, out_dir: str |
     if not utts:
         raise ValueError(f"no usable utterances in {manifest}\n{rejects.summary()}")
     teacher = load_teacher(teacher_spec)
-    index = build_cache(teacher, utts, out_dir, topk=topk, shard_size=shard_size, batch_seconds=batch_seconds,
-                        num_workers=num_workers, device=device, manifest_path=os.path.abspath(manifest),
-                        force=force, progress=progress, log=log)
+    index = build_cache(
+        teacher,
+        utts,
+        out_dir,
+        topk=topk,
+        shard_size=shard_size,
+        batch_seconds=batch_seconds,
+        num_workers=num_workers,
+        device=device,
+        manifest_path=os.path.abspath(manifest),
+        force=force,
+        progress=progress,
+        log=log,
+    )
     for s in index["shards"]:
         for r in s["rejected"]:
             rejects.add(r["id"], r["kind"], r["reason"])
     return rejects
 
 
-def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, topk: int | None = None,
-                shard_size: int = 1000, batch_seconds: float = 200.0, num_workers: int = 2,
-                device: str | torch.device = "cpu", manifest_path: str = "", force: bool = False,
-                progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def build_cache(
+    teacher,
+    utterances: Sequence,
+    out_dir: str | os.PathLike,
+    *,
+    topk: int | None = None,
+    shard_size: int = 1000,
+    batch_seconds: float = 200.0,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    manifest_path: str = "",
+    force: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run ``teacher`` over ``utterances`` and write (or finish) the cache in ``out_dir``.
 
     Args:
@@ -829,8 +923,10 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
         log(f"teacher cache {out} is complete ({len(index['entries'])} utterances); nothing to do")
         return index
     if len(todo) < len(index["shards"]):
-        log(f"resuming the teacher cache in {out}: {len(index['shards']) - len(todo)} of {len(index['shards'])} "
-            "shards done")
+        log(
+            f"resuming the teacher cache in {out}: {len(index['shards']) - len(todo)} of {len(index['shards'])} "
+            "shards done"
+        )
     by_id = {u.id: u for u in utterances}
     pending = [by_id[u] for n in todo for u in index["shards"][n]["ids"]]
     teacher_pass = _TeacherPass(teacher, out, index, todo, pending, fp_by_id, device)
@@ -838,25 +934,50 @@ def build_cache(teacher, utterances: Sequence, out_dir: str | os.PathLike, *, to
     index["complete"] = all(s["done"] for s in index["shards"])
     _write_index(out, index)
     n_rej = sum(len(s["rejected"]) for s in index["shards"])
-    log(f"cached {len(index['entries'])} utterances ({kind}{'' if kind == 'dense' else f', k={topk}'}) "
-        f"from {len(pending)} pending in {time.time() - t0:.1f} s into {out}; {n_rej} rejected")
+    log(
+        f"cached {len(index['entries'])} utterances ({kind}{'' if kind == 'dense' else f', k={topk}'}) "
+        f"from {len(pending)} pending in {time.time() - t0:.1f} s into {out}; {n_rej} rejected"
+    )
     return index
 
 
-def _new_index(out: Path, key: str, tfp: Mapping[str, Any], settings: Mapping[str, Any],
-               manifest: Mapping[str, Any], ids: Sequence[str], shard_size: int) -> dict[str, Any]:
+def _new_index(
+    out: Path,
+    key: str,
+    tfp: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    manifest: Mapping[str, Any],
+    ids: Sequence[str],
+    shard_size: int,
+) -> dict[str, Any]:
     """A fresh index (every shard to do), written."""
-    shards = [{"file": SHARD_PATTERN.format(n), "ids": ids_n, "done": False, "rejected": []}
-              for n, ids_n in enumerate(_plan(ids, shard_size))]
-    index = {"format": FORMAT, "key": key, "teacher": tfp, "settings": settings, "manifest": manifest,
-             "shard_size": shard_size, "shards": shards, "entries": {}, "complete": not shards,
-             "created": time.strftime("%Y-%m-%d %H:%M:%S")}
+    shards = [
+        {"file": SHARD_PATTERN.format(n), "ids": ids_n, "done": False, "rejected": []}
+        for n, ids_n in enumerate(_plan(ids, shard_size))
+    ]
+    index = {
+        "format": FORMAT,
+        "key": key,
+        "teacher": tfp,
+        "settings": settings,
+        "manifest": manifest,
+        "shard_size": shard_size,
+        "shards": shards,
+        "entries": {},
+        "complete": not shards,
+        "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     _write_index(out, index)
     return index
 
 
-def _shards_to_compute(out: Path, index: dict[str, Any], ids: Sequence[str],
-                       fp_by_id: Mapping[str, Mapping[str, Any]], log: Callable[[str], None]) -> list[int]:
+def _shards_to_compute(
+    out: Path,
+    index: dict[str, Any],
+    ids: Sequence[str],
+    fp_by_id: Mapping[str, Mapping[str, Any]],
+    log: Callable[[str], None],
+) -> list[int]:
     """The shards to (re)compute, in order: those not done, and those whose index records
     disagree with the manifest or the index itself, then those missing, truncated, altered,
     swapped, unhashed or unlike the index (said); the rest are kept."""
@@ -873,8 +994,9 @@ def _shards_to_compute(out: Path, index: dict[str, Any], ids: Sequence[str],
     return [n for n, s in enumerate(index["shards"]) if not s["done"]]
 
 
-def _teacher_loader(pending: Sequence, todo: Sequence[int], index: Mapping[str, Any], batch_seconds: float,
-                    num_workers: int):
+def _teacher_loader(
+    pending: Sequence, todo: Sequence[int], index: Mapping[str, Any], batch_seconds: float, num_workers: int
+):
     """Batches of the pending utterances' audio. Batches never straddle shards, and shards come
     in order: each one is written as soon as its last batch is done."""
     from asrkd.data import ASRDataset, Rejects, build_dataloader
@@ -918,8 +1040,16 @@ class _TeacherPass:
     """One pass of the teacher over the shards to compute: outputs (or reject records) are
     gathered per shard, and each shard is written, with the index, once its last utterance is in."""
 
-    def __init__(self, teacher, out: Path, index: dict[str, Any], todo: Sequence[int], pending: Sequence,
-                 fp_by_id: Mapping[str, Mapping[str, Any]], device: str | torch.device):
+    def __init__(
+        self,
+        teacher,
+        out: Path,
+        index: dict[str, Any],
+        todo: Sequence[int],
+        pending: Sequence,
+        fp_by_id: Mapping[str, Mapping[str, Any]],
+        device: str | torch.device,
+    ):
         self.out, self.index = out, index
         self.pending, self.by_id = pending, {u.id: u for u in pending}
         self.settings = index["settings"]
@@ -1006,11 +1136,16 @@ class _TeacherPass:
         index = self.index
         for uid, frames in zip(data["ids"], data["frames"]):
             fp = self.fp_by_id[uid]
-            index["entries"][uid] = {"shard": buf.number, "frames": frames,
-                                     "key": cache_key(self.teacher_hash, fp, self.settings), "entry": fp}
+            index["entries"][uid] = {
+                "shard": buf.number,
+                "frames": frames,
+                "key": cache_key(self.teacher_hash, fp, self.settings),
+                "entry": fp,
+            }
         written = writers[-1]
-        index["shards"][buf.number].update(done=True, rejected=buf.rejected, size=written.size,
-                                           sha256=written.sha256.hexdigest())
+        index["shards"][buf.number].update(
+            done=True, rejected=buf.rejected, size=written.size, sha256=written.sha256.hexdigest()
+        )
         index["complete"] = all(s["done"] for s in index["shards"])
         _write_index(self.out, index)
 
@@ -1044,9 +1179,14 @@ def _split_too_short(batch: Mapping[str, Any], min_samples: int, sample_rate: in
         if n >= min_samples:
             keep.append(b)
         else:
-            short.append({"id": uid, "kind": "too_short",
-                          "reason": f"{uid}: {n} samples ({1000 * n / sample_rate:.1f} ms); the teacher needs at "
-                                    f"least {min_samples} ({1000 * min_samples / sample_rate:.0f} ms)"})
+            short.append(
+                {
+                    "id": uid,
+                    "kind": "too_short",
+                    "reason": f"{uid}: {n} samples ({1000 * n / sample_rate:.1f} ms); the teacher needs at "
+                    f"least {min_samples} ({1000 * min_samples / sample_rate:.0f} ms)",
+                }
+            )
     return keep, short
 
 
@@ -1054,14 +1194,24 @@ def _forget_shard(index: dict[str, Any], n: int, ids: Sequence[str]) -> None:
     """Mark shard ``n`` to be computed again: its record is rebuilt from what the cache derives (its
     file name, the manifest's plan ``ids``), and its entries go (those it plans and any naming it)."""
     planned = set(ids)
-    index["entries"] = {u: e for u, e in index["entries"].items()
-                        if u not in planned and not (isinstance(e, dict) and e.get("shard") == n)}
+    index["entries"] = {
+        u: e
+        for u, e in index["entries"].items()
+        if u not in planned and not (isinstance(e, dict) and e.get("shard") == n)
+    }
     index["shards"][n] = {"file": SHARD_PATTERN.format(n), "ids": list(ids), "done": False, "rejected": []}
 
 
-def _existing_index(out: Path, key: str, tfp: Mapping[str, Any], settings: Mapping[str, Any],
-                    fps: Sequence[Mapping[str, Any]], manifest_hash: str, force: bool,
-                    log: Callable[[str], None]) -> dict[str, Any] | None:
+def _existing_index(
+    out: Path,
+    key: str,
+    tfp: Mapping[str, Any],
+    settings: Mapping[str, Any],
+    fps: Sequence[Mapping[str, Any]],
+    manifest_hash: str,
+    force: bool,
+    log: Callable[[str], None],
+) -> dict[str, Any] | None:
     """The index in ``out`` to resume, or None to start afresh: none there, replaced with ``force``,
     or unusable as a whole (not JSON, a part missing, its parts no longer giving its key, a plan
     that does not fit the manifest: said, and the whole cache recomputed). :class:`CacheKeyError`
@@ -1073,8 +1223,10 @@ def _existing_index(out: Path, key: str, tfp: Mapping[str, Any], settings: Mappi
     problem = problem or _index_problem(path, index, tfp, settings, manifest_hash)
     if problem is None and index["key"] != key:
         if not force:
-            raise CacheKeyError(f"{out} holds a teacher cache with another key: {_explain(index, tfp, settings, fps)}. "
-                                "Use another --out folder, or --force to replace it")
+            raise CacheKeyError(
+                f"{out} holds a teacher cache with another key: {_explain(index, tfp, settings, fps)}. "
+                "Use another --out folder, or --force to replace it"
+            )
         log(f"--force: replacing the cache in {out} ({_explain(index, tfp, settings, fps)})")
         _remove_own_files(out)
         return None
@@ -1092,26 +1244,38 @@ def _existing_index(out: Path, key: str, tfp: Mapping[str, Any], settings: Mappi
     return None
 
 
-def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping[str, Any],
-             fps: Sequence[Mapping[str, Any]]) -> str:
+def _explain(
+    index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping[str, Any], fps: Sequence[Mapping[str, Any]]
+) -> str:
     """Which part of an existing cache's key differs from the new one."""
     parts = []
     if index["teacher"]["hash"] != tfp["hash"]:
         parts.append(f"the teacher differs ({_describe_teacher_diff(index['teacher'], tfp)})")
     if index["settings"] != dict(settings):
-        diff = [f"{k} {index['settings'].get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(index["settings"]) | set(settings))
-                if index["settings"].get(k) != settings.get(k)]
+        diff = [
+            f"{k} {index['settings'].get(k)!r} -> {settings.get(k)!r}"
+            for k in sorted(set(index["settings"]) | set(settings))
+            if index["settings"].get(k) != settings.get(k)
+        ]
         parts.append(f"the settings differ ({', '.join(diff)})")
     if index["manifest"]["hash"] != _manifest_hash(fps):
-        old_ids = [u for s in index["shards"] if isinstance(s, dict) and isinstance(s.get("ids"), list) for u in s["ids"]]
+        old_ids = [
+            u for s in index["shards"] if isinstance(s, dict) and isinstance(s.get("ids"), list) for u in s["ids"]
+        ]
         new_ids = [fp["id"] for fp in fps]
         old_set, new_set = set(old_ids), set(new_ids)
         added = [u for u in new_ids if u not in old_set]
         removed = [u for u in old_ids if u not in new_set]
-        old_fp = {uid: e["entry"] for uid, e in index["entries"].items() if isinstance(e, dict)
-                  and isinstance(e.get("entry"), dict)}
-        changed = [f"{fp['id']}: {_describe_entry_diff(old_fp[fp['id']], fp)}" for fp in fps
-                   if fp["id"] in old_fp and any(old_fp[fp["id"]].get(k) != fp.get(k) for k in fp)]
+        old_fp = {
+            uid: e["entry"]
+            for uid, e in index["entries"].items()
+            if isinstance(e, dict) and isinstance(e.get("entry"), dict)
+        }
+        changed = [
+            f"{fp['id']}: {_describe_entry_diff(old_fp[fp['id']], fp)}"
+            for fp in fps
+            if fp["id"] in old_fp and any(old_fp[fp["id"]].get(k) != fp.get(k) for k in fp)
+        ]
         detail = []
         if added:
             detail.append(f"{len(added)} entries added (e.g. {', '.join(added[:3])})")
@@ -1125,6 +1289,17 @@ def _explain(index: Mapping[str, Any], tfp: Mapping[str, Any], settings: Mapping
     return "; ".join(parts) or "the key differs"
 
 
-__all__ = ["CacheIntegrityError", "CacheKeyError", "TeacherCache", "TeacherTargets", "build_cache", "cache_key",
-           "cache_settings", "cache_teacher", "collate_teacher", "entry_fingerprint", "teacher_fingerprint",
-           "teacher_min_samples"]
+__all__ = [
+    "CacheIntegrityError",
+    "CacheKeyError",
+    "TeacherCache",
+    "TeacherTargets",
+    "build_cache",
+    "cache_key",
+    "cache_settings",
+    "cache_teacher",
+    "collate_teacher",
+    "entry_fingerprint",
+    "teacher_fingerprint",
+    "teacher_min_samples",
+]

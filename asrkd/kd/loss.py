@@ -88,8 +88,13 @@ def ctc_loss(
     lengths, targets, target_lengths = lengths.to(device), targets.to(device), target_lengths.to(device)
     feasible = lengths >= ctc_min_frames_batch(targets, target_lengths)
     per_utt = F.ctc_loss(
-        log_probs.transpose(0, 1), targets, lengths, target_lengths,
-        blank=blank, reduction="none", zero_infinity=True,
+        log_probs.transpose(0, 1),
+        targets,
+        lengths,
+        target_lengths,
+        blank=blank,
+        reduction="none",
+        zero_infinity=True,
     )
     per_utt = per_utt / target_lengths.clamp_min(1).to(per_utt.dtype)
     used = feasible.sum()
@@ -259,8 +264,12 @@ class DistillationLoss(nn.Module):
             # a zero still attached to the graph keeps the training step uniform.
             loss = loss + 0.0 * student_logits.sum()
         return DistillationOutput(
-            loss=loss, ctc=ctc.detach(), kd=kd.detach(), ctc_utterances=used.detach(),
-            ctc_skipped=skipped.detach(), kd_frames=kd_frames.detach(),
+            loss=loss,
+            ctc=ctc.detach(),
+            kd=kd.detach(),
+            ctc_utterances=used.detach(),
+            ctc_skipped=skipped.detach(),
+            kd_frames=kd_frames.detach(),
         )
 
     def _ctc(self, student_logits, student_lengths, targets, target_lengths, labelled):
@@ -271,11 +280,17 @@ class DistillationLoss(nn.Module):
         rows = labelled.nonzero().flatten() if not bool(labelled.all()) else None
         pick = (lambda x: x) if rows is None else (lambda x: x.index_select(0, rows.to(x.device)))
         log_probs = torch.log_softmax(pick(student_logits).float(), dim=-1)
-        return ctc_loss(log_probs, pick(student_lengths), pick(targets), pick(target_lengths.to(labelled.device)),
-                        blank=self.blank_id)
+        return ctc_loss(
+            log_probs,
+            pick(student_lengths),
+            pick(targets),
+            pick(target_lengths.to(labelled.device)),
+            blank=self.blank_id,
+        )
 
-    def _kd(self, student_logits: torch.Tensor, student_lengths: torch.Tensor,
-            teacher: TeacherOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kd(
+        self, student_logits: torch.Tensor, student_lengths: torch.Tensor, teacher: TeacherOutput
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The KD term and the number of frames it weighs: the teacher aligned (steps 1-5 of
         the class docstring), then the fused op."""
         B, T_s, V_s = student_logits.shape
@@ -283,8 +298,9 @@ class DistillationLoss(nn.Module):
         if self.check_durations:
             _check_durations(t_len, student_lengths, self.teacher_frame_rate, self.student_frame_rate)
         # KD frames: shift <= j < min(student length, shift + resampled teacher length).
-        end = torch.minimum(student_lengths, self.shift + resampled_lengths(
-            t_len, self.teacher_frame_rate, self.student_frame_rate)).clamp_max(T_s)
+        end = torch.minimum(
+            student_lengths, self.shift + resampled_lengths(t_len, self.teacher_frame_rate, self.student_frame_rate)
+        ).clamp_max(T_s)
         frames = torch.arange(T_s, device=student_logits.device)[None, :]
         mask = (frames >= self.shift) & (frames < end[:, None])
         with torch.no_grad():
@@ -293,16 +309,23 @@ class DistillationLoss(nn.Module):
             weights = self._frame_weights(teacher, mask, V_s)  # 5
         kd_lengths = end.clamp_min(0)
         if teacher.kind == "topk":
-            kd = kd_kl_div_topk(student_logits, teacher.topk_idx, teacher.topk_logprob, kd_lengths,
-                                temperature=self.temperature, weights=weights)
+            kd = kd_kl_div_topk(
+                student_logits,
+                teacher.topk_idx,
+                teacher.topk_logprob,
+                kd_lengths,
+                temperature=self.temperature,
+                weights=weights,
+            )
         else:
             kd = kd_kl_div(student_logits, teacher.logits, kd_lengths, temperature=self.temperature, weights=weights)
         kd_frames = mask.sum() if weights is None else ((weights > 0) & mask).sum()
         return kd, kd_frames
 
     # -- the steps ----------------------------------------------------------------------------
-    def _checked_teacher(self, teacher: TeacherOutput, B: int, V_s: int,
-                         device: torch.device) -> tuple[TeacherOutput, torch.Tensor]:
+    def _checked_teacher(
+        self, teacher: TeacherOutput, B: int, V_s: int, device: torch.device
+    ) -> tuple[TeacherOutput, torch.Tensor]:
         """The teacher's shapes checked against the student's, its tensors detached on the
         student's device, and its (B,) frame counts."""
         if teacher.kind == "dense":
@@ -316,8 +339,10 @@ class DistillationLoss(nn.Module):
         if vm is not None and vm.student_size != V_s:
             raise ValueError(f"vocab_map maps onto {vm.student_size} symbols but the student has V_s={V_s}")
         t_len = check_lengths("teacher_lengths", teacher.lengths, B, T_t, device, none_means_all=True)
-        moved = (None if t is None else t.detach().to(device) for t in (teacher.logits, teacher.topk_idx,
-                                                                        teacher.topk_logprob))
+        moved = (
+            None if t is None else t.detach().to(device)
+            for t in (teacher.logits, teacher.topk_idx, teacher.topk_logprob)
+        )
         return TeacherOutput(*moved, lengths=t_len), t_len
 
     def _map_vocabulary(self, teacher: TeacherOutput, V_s: int) -> TeacherOutput:
@@ -351,8 +376,14 @@ class DistillationLoss(nn.Module):
         return TeacherOutput(logits=aligned)
 
     def _resampling(self, T_s: int) -> dict:
-        return {"from_rate": self.teacher_frame_rate, "to_rate": self.student_frame_rate, "num_frames": T_s,
-                "shift": self.shift, "method": self.resample, "blank_id": self.blank_id}
+        return {
+            "from_rate": self.teacher_frame_rate,
+            "to_rate": self.student_frame_rate,
+            "num_frames": T_s,
+            "shift": self.shift,
+            "method": self.resample,
+            "blank_id": self.blank_id,
+        }
 
     def _frame_weights(self, teacher: TeacherOutput, mask: torch.Tensor, V_s: int) -> torch.Tensor | None:
         """Step 5: per-frame KD weights (0 outside ``mask``) from the aligned teacher's blank
@@ -363,13 +394,22 @@ class DistillationLoss(nn.Module):
             p_blank = blank_probability(teacher.logits, self.blank_id)
         else:
             p_blank = blank_probability_topk(teacher.topk_idx, teacher.topk_logprob, self.blank_id, V_s)
-        return blank_weights(p_blank.to(mask.device), self.blank_mode, threshold=self.blank_threshold,
-                             weight=self.blank_weight, mask=mask, generator=self.generator)
+        return blank_weights(
+            p_blank.to(mask.device),
+            self.blank_mode,
+            threshold=self.blank_threshold,
+            weight=self.blank_weight,
+            mask=mask,
+            generator=self.generator,
+        )
 
 
-def _teacher_argument(teacher: TeacherOutput | None, logits: torch.Tensor | None,
-                      topk: tuple[torch.Tensor, torch.Tensor] | None,
-                      lengths: torch.Tensor | None) -> TeacherOutput | None:
+def _teacher_argument(
+    teacher: TeacherOutput | None,
+    logits: torch.Tensor | None,
+    topk: tuple[torch.Tensor, torch.Tensor] | None,
+    lengths: torch.Tensor | None,
+) -> TeacherOutput | None:
     """The teacher of :meth:`DistillationLoss.forward`: ``teacher=``, or one built from the
     separate ``teacher_logits`` / ``teacher_topk`` / ``teacher_lengths`` (None: no teacher)."""
     if teacher is not None:
@@ -409,8 +449,9 @@ def _labelled(targets, target_lengths, has_text, B, device) -> torch.Tensor:
     return labelled
 
 
-def _check_durations(teacher_lengths: torch.Tensor, student_lengths: torch.Tensor, teacher_rate: float,
-                     student_rate: float) -> None:
+def _check_durations(
+    teacher_lengths: torch.Tensor, student_lengths: torch.Tensor, teacher_rate: float, student_rate: float
+) -> None:
     """ValueError when teacher and student lengths describe clearly different durations (more
     than 10 % + 4 frames of the coarser rate apart): a missing or wrong frame rate."""
     d_t = teacher_lengths.double() / teacher_rate

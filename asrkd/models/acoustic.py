@@ -28,6 +28,12 @@ from asrkd.data.text import BLANK_CLASS, canonical_symbol, normalize_text, symbo
 
 __all__ = ["AcousticModel", "AudioStream", "check_waves", "conv_min_samples", "load_acoustic_model"]
 
+# A waveform network that declares no ``min_samples``: one 25 ms analysis window at 16 kHz, the
+# receptive field of wav2vec2's feature encoder and more than Whisper's front-end needs.
+WAVE_MIN_SAMPLES = 400
+
+# load_teacher specs that name a file of another kind (whisper:X.pt is an openai-whisper checkpoint)
+_TEACHER_SPEC_PREFIXES = ("whisper:", "torchaudio:", "torchaudio-arch:", "hf:")
 _STREAMING_API = ("init_state", "stream_step", "stream_flush", "chunk_frames")
 
 
@@ -36,7 +42,9 @@ def check_waves(waves: Tensor, lengths: Tensor) -> None:
     if waves.dim() != 2 or not waves.is_floating_point():
         raise ValueError(f"waves must be a float tensor (B, samples), got {tuple(waves.shape)} {waves.dtype}")
     if lengths.dim() != 1 or lengths.size(0) != waves.size(0) or lengths.is_floating_point():
-        raise ValueError(f"lengths must be an int tensor ({waves.size(0)},), got {tuple(lengths.shape)} {lengths.dtype}")
+        raise ValueError(
+            f"lengths must be an int tensor ({waves.size(0)},), got {tuple(lengths.shape)} {lengths.dtype}"
+        )
     if lengths.numel() and (int(lengths.max()) > waves.size(1) or int(lengths.min()) <= 0):
         raise ValueError(
             f"lengths must lie in [1, {waves.size(1)}] (the padded length), got min {int(lengths.min())} "
@@ -78,16 +86,28 @@ class AcousticModel(nn.Module):
     ``sample_rate`` (16000), ``spec``, ``tokenizer``, ``arch``, ``frozen``.
     """
 
-    def __init__(self, model: nn.Module, *, vocab: Sequence[str], blank_id: int, frame_rate: float,
-                 frontend: nn.Module | None = None, tokenizer: Any = None, spec: str = "",
-                 arch: str | None = None, frozen: bool = False):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        vocab: Sequence[str],
+        blank_id: int,
+        frame_rate: float,
+        frontend: nn.Module | None = None,
+        tokenizer: Any = None,
+        spec: str = "",
+        arch: str | None = None,
+        frozen: bool = False,
+    ):
         super().__init__()
         vocab = [str(v) for v in vocab]
         if not 0 <= blank_id < len(vocab):
-            raise ValueError(f"{spec or 'model'}: blank id {blank_id} is outside the {len(vocab)} symbols")
+            raise ValueError(f"blank_id {blank_id} outside the vocabulary of {len(vocab)} symbols ({spec or 'model'})")
         outputs = getattr(model, "vocab_size", None)
         if isinstance(outputs, int) and outputs != len(vocab):
-            raise ValueError(f"{spec or 'model'}: the model has {outputs} outputs but the vocabulary {len(vocab)} symbols")
+            raise ValueError(
+                f"{spec or 'model'}: the model has {outputs} outputs but the vocabulary {len(vocab)} symbols"
+            )
         self.model = model
         self.frontend = frontend.eval() if frontend is not None else None
         self.vocab = vocab
@@ -105,8 +125,15 @@ class AcousticModel(nn.Module):
 
     # -- construction ----------------------------------------------------------------------
     @classmethod
-    def from_student(cls, model: nn.Module, tokenizer: Any, features: Any = None, cmvn: Any = None,
-                     spec: str = "", arch: str | None = None) -> AcousticModel:
+    def from_student(
+        cls,
+        model: nn.Module,
+        tokenizer: Any,
+        features: Any = None,
+        cmvn: Any = None,
+        spec: str = "",
+        arch: str | None = None,
+    ) -> AcousticModel:
         """An in-memory log-mel network (e.g. a student being trained) with its tokenizer, a
         ``FeatureConfig`` (or its dict, or a ready ``FeaturePipeline``) and a ``GlobalCMVN``
         (or its dict, or None). The network is put in eval mode (a trainer puts it back with
@@ -120,8 +147,16 @@ class AcousticModel(nn.Module):
             if isinstance(cmvn, Mapping):
                 cmvn = GlobalCMVN.from_dict(cmvn)
             frontend = FeaturePipeline(config, cmvn)
-        return cls(model, vocab=tokenizer.tokens, blank_id=int(getattr(tokenizer, "blank_id", 0)),
-                   frame_rate=float(model.frame_rate), frontend=frontend, tokenizer=tokenizer, spec=spec, arch=arch)
+        return cls(
+            model,
+            vocab=tokenizer.tokens,
+            blank_id=int(getattr(tokenizer, "blank_id", 0)),
+            frame_rate=float(model.frame_rate),
+            frontend=frontend,
+            tokenizer=tokenizer,
+            spec=spec,
+            arch=arch,
+        )
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], spec: str, *, frozen: bool = False) -> AcousticModel:
@@ -138,14 +173,24 @@ class AcousticModel(nn.Module):
         frontend = None
         if getattr(model, "input_type", "features") != "wave":
             if not state.get("features"):
-                raise ValueError(f"{spec}: a log-mel model ({state['arch']}) but the checkpoint has no 'features' config")
+                raise ValueError(
+                    f"{spec}: a log-mel model ({state['arch']}) but the checkpoint has no 'features' config"
+                )
             from asrkd.data.features import FeatureConfig, FeaturePipeline, GlobalCMVN
 
             cmvn = GlobalCMVN.from_dict(state["cmvn"]) if state.get("cmvn") else None
             frontend = FeaturePipeline(FeatureConfig.from_dict(state["features"]), cmvn)
-        return cls(model, vocab=tokenizer.tokens, blank_id=int(getattr(tokenizer, "blank_id", 0)),
-                   frame_rate=float(model.frame_rate), frontend=frontend, tokenizer=tokenizer, spec=spec,
-                   arch=state.get("arch"), frozen=frozen)
+        return cls(
+            model,
+            vocab=tokenizer.tokens,
+            blank_id=int(getattr(tokenizer, "blank_id", 0)),
+            frame_rate=float(model.frame_rate),
+            frontend=frontend,
+            tokenizer=tokenizer,
+            spec=spec,
+            arch=state.get("arch"),
+            frozen=frozen,
+        )
 
     # -- module behaviour ------------------------------------------------------------------
     def train(self, mode: bool = True) -> AcousticModel:
@@ -161,8 +206,10 @@ class AcousticModel(nn.Module):
             else:
                 logits, out_lengths = self.model(waves, lengths)
         if logits.size(-1) != len(self.vocab):
-            raise RuntimeError(f"{self.spec or 'model'} returned {logits.size(-1)} classes but its vocabulary has "
-                               f"{len(self.vocab)}")
+            raise RuntimeError(
+                f"{'teacher' if self.frozen else 'model'} {self.spec!r} returned {logits.size(-1)} classes but its "
+                f"vocabulary has {len(self.vocab)}"
+            )
         return logits.float(), out_lengths.to(torch.int64)
 
     @torch.inference_mode()
@@ -188,18 +235,20 @@ class AcousticModel(nn.Module):
     def min_samples(self) -> int:
         """Fewest samples that give at least one output frame: what the network declares
         (``min_samples``), else what a log-mel front-end and the network's subsampling need,
-        else 1."""
+        else :data:`WAVE_MIN_SAMPLES` (a waveform network that says nothing)."""
         declared = getattr(self.model, "min_samples", None)
         if declared:
             return int(declared)
         if self.frontend is not None:
             cfg = self.frontend.config
             return (int(getattr(self.model, "subsampling", 1)) - 1) * cfg.hop_length + cfg.n_fft
-        return 1
+        return WAVE_MIN_SAMPLES
 
     def extra_repr(self) -> str:
-        return (f"spec={self.spec!r}, vocab={len(self.vocab)}, blank_id={self.blank_id}, "
-                f"frame_rate={self.frame_rate}, frozen={self.frozen}")
+        return (
+            f"spec={self.spec!r}, vocab={len(self.vocab)}, blank_id={self.blank_id}, "
+            f"frame_rate={self.frame_rate}, frozen={self.frozen}"
+        )
 
     # -- text ------------------------------------------------------------------------------
     def text(self, ids: Iterable[int]) -> str:
@@ -358,17 +407,19 @@ def load_acoustic_model(spec: str | os.PathLike | AcousticModel, device: str | t
     if isinstance(spec, AcousticModel):
         return spec.to(device)
     if isinstance(spec, nn.Module):
-        raise TypeError(f"a {type(spec).__name__} is not an AcousticModel: wrap it with AcousticModel(...) or "
-                        "AcousticModel.from_student(model, tokenizer, features, cmvn)")
+        raise TypeError(
+            f"a {type(spec).__name__} is not an AcousticModel: wrap it with AcousticModel(...) or "
+            "AcousticModel.from_student(model, tokenizer, features, cmvn)"
+        )
     spec = os.fspath(spec)
-    path = Path(spec[len("asrkd:"):] if spec.startswith("asrkd:") else spec)
+    path = Path(spec[len("asrkd:") :] if spec.startswith("asrkd:") else spec)
     if spec.startswith("asrkd:") or path.is_file():
         from asrkd.models.checkpoint import load_checkpoint
 
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
         return AcousticModel.from_state(load_checkpoint(path), str(path)).to(device)
-    if path.suffix in {".pt", ".pth", ".ckpt"}:
+    if path.suffix in {".pt", ".pth", ".ckpt"} and not spec.startswith(_TEACHER_SPEC_PREFIXES):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     from asrkd.models.teachers import load_teacher
 

@@ -123,12 +123,16 @@ def _check_archive(path: Path) -> None:
     except (zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (broken zip archive: {err})") from None
     if any(i.filename.endswith(("/constants.pkl", "/code/__torch__.py")) or "/code/" in i.filename for i in infos):
-        raise CheckpointError(f"{path} is a TorchScript export (e.g. from `asrkd export`), not a checkpoint: "
-                              "load it with asrkd.models.export.load_exported")
+        raise CheckpointError(
+            f"{path} is a TorchScript export (e.g. from `asrkd export`), not a checkpoint: "
+            "load it with asrkd.models.export.load_exported"
+        )
     inflated = sum(i.file_size for i in infos if i.compress_type != zipfile.ZIP_STORED)
     if inflated > _MAX_INFLATION * max(path.stat().st_size, 1 << 20):
-        raise CheckpointError(f"{path}: refused: its compressed entries would inflate to {inflated / 2**30:.1f} GiB "
-                              f"from a {path.stat().st_size / 2**20:.1f} MiB file (torch.save never compresses)")
+        raise CheckpointError(
+            f"{path}: refused: its compressed entries would inflate to {inflated / 2**30:.1f} GiB "
+            f"from a {path.stat().st_size / 2**20:.1f} MiB file (torch.save never compresses)"
+        )
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust: bool | None = None) -> Any:
@@ -152,7 +156,8 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu",
         raise CheckpointError(
             f"{path}: refused: loading it would run Python code or build objects asrkd does not allow "
             f"({', '.join(wanted)}); asrkd checkpoints hold only tensors and plain data. If you made "
-            "this file yourself and trust it, pass --trust-checkpoint (library: trust=True)") from None
+            "this file yourself and trust it, pass --trust-checkpoint (library: trust=True)"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_torch_reason(err)})") from None
 
@@ -162,8 +167,13 @@ def _torch_reason(err: Exception) -> str:
     text = str(err)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln
-             and not ln.strip().startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))]
+    lines = [
+        ln.strip()
+        for ln in text.splitlines()
+        if ln.strip()
+        and "weights_only" not in ln
+        and not ln.strip().startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))
+    ]
     return lines[0] if lines else type(err).__name__
 
 
@@ -179,8 +189,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
-                    trust: bool | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, trust: bool | None = None
+) -> dict[str, Any]:
     """An asrkd checkpoint dict, loaded by :func:`safe_load`."""
     state = safe_load(path, map_location, trust=trust)
     if not is_checkpoint(state):
@@ -222,8 +233,11 @@ def model_from_state(state: dict[str, Any], source: str | os.PathLike) -> torch.
 def _check_shapes(probe: torch.nn.Module, weights: dict[str, Any], source) -> None:
     want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
     have = {k: tuple(v.shape) for k, v in weights.items() if isinstance(v, torch.Tensor)}
-    problems = [f"{k}: {have.get(k, 'missing')} in the file, {shape} for its model_kwargs"
-                for k, shape in want.items() if have.get(k) != shape]
+    problems = [
+        f"{k}: {have.get(k, 'missing')} in the file, {shape} for its model_kwargs"
+        for k, shape in want.items()
+        if have.get(k) != shape
+    ]
     problems += [f"{k}: not a parameter of its model" for k in weights if k not in want]
     if problems:
         more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""

@@ -118,15 +118,18 @@ def load_exported(path: str | os.PathLike, map_location: str | torch.device = "c
     return module, json.loads(extra[METADATA_FILE] or "{}")
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike) -> tuple[StreamingCTC, dict[str, Any], float]:
+def export_checkpoint(
+    checkpoint: str | os.PathLike, out: str | os.PathLike
+) -> tuple[StreamingCTC, dict[str, Any], float]:
     """``asrkd export``: the streaming student of ``checkpoint`` to TorchScript at ``out``, with its
     tokenizer, features and CMVN as metadata. Returns ``(model, checkpoint dict, max |exported -
     eager| logit difference)``; refuses an ``out`` that is the checkpoint."""
     refuse_overwrite({"--out": out}, {"--checkpoint": checkpoint})
     model, ckpt = load_model(checkpoint)
     if not isinstance(model, StreamingCTC):
-        raise ValueError(f"{checkpoint} holds arch {ckpt.get('arch')!r}, not a streaming student "
-                         "(emformer_ctc or conformer_ctc)")
+        raise ValueError(
+            f"{checkpoint} holds arch {ckpt.get('arch')!r}, not a streaming student (emformer_ctc or conformer_ctc)"
+        )
     metadata = {
         "arch": ckpt["arch"],
         "model_kwargs": ckpt.get("model_kwargs", {}),

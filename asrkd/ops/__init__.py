@@ -187,15 +187,24 @@ def kd_kl_div_topk(
     check_topk(student, topk_idx, topk_logprob, lengths, weights, temperature, reduction, distinct=False)
     too_wide_for_cuda = student.device.type == "cuda" and student.shape[-1] > _CUDA_TOPK_MAX_V
     if too_wide_for_cuda:
-        _warn_once("topk-large-v", f"asrkd: kd_kl_div_topk on CUDA holds a frame in registers (V <= "
-                   f"{_CUDA_TOPK_MAX_V}); V={student.shape[-1]} runs the PyTorch reference")
+        _warn_once(
+            "topk-large-v",
+            f"asrkd: kd_kl_div_topk on CUDA holds a frame in registers (V <= "
+            f"{_CUDA_TOPK_MAX_V}); V={student.shape[-1]} runs the PyTorch reference",
+        )
     if too_wide_for_cuda or not _use_extension(student.device):
         return reference.kd_kl_div_topk(
             student, topk_idx, topk_logprob, lengths, temperature=temperature, reduction=reduction, weights=weights
         )
     student, lengths, weights = _prepare(student, lengths, weights)
     loss, _ = torch.ops.asrkd.kd_kl_div_topk_fwd(
-        student, topk_idx.contiguous(), topk_logprob.contiguous(), lengths, weights, float(temperature), reduction,
+        student,
+        topk_idx.contiguous(),
+        topk_logprob.contiguous(),
+        lengths,
+        weights,
+        float(temperature),
+        reduction,
         _needs_grad(student),
     )
     return loss

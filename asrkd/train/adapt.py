@@ -51,7 +51,7 @@ from asrkd.train.state import SeededItems
 
 MAX_SECONDS = 30.0  # Whisper's window: longer utterances are skipped (and counted) here
 MIN_SECONDS = 0.025
-WARMUP = 0.05       # of the schedule: linear warm-up, then cosine decay
+WARMUP = 0.05  # of the schedule: linear warm-up, then cosine decay
 MIN_LR_RATIO = 0.01
 CLIP_GRAD_NORM = 5.0
 BETAS = (0.9, 0.999)  # AdamW's defaults
@@ -89,8 +89,12 @@ def load_adaptable(cfg: AdaptConfig, vocab_size: int) -> tuple[nn.Module, str]:
     from asrkd.models.teachers.whisper import build_whisper_ctc, default_whisper_path
 
     spec = cfg.teacher
-    head = {"head_layers": cfg.head_layers, "head_hidden": cfg.head_hidden, "head_kernel": cfg.head_kernel,
-            "head_dropout": cfg.dropout}
+    head = {
+        "head_layers": cfg.head_layers,
+        "head_hidden": cfg.head_hidden,
+        "head_kernel": cfg.head_kernel,
+        "head_dropout": cfg.dropout,
+    }
     if spec == "whisper-tiny.en":
         return build_whisper_ctc(default_whisper_path(), vocab_size, seed=cfg.seed, **head), spec
     if spec.startswith("whisper:"):
@@ -131,7 +135,7 @@ class TopOfWhisper(nn.Module):
         enc = self.whisper.encoder
         if self.split == enc.n_layer:
             return []
-        return [p for b in enc.blocks[self.split:] for p in b.parameters()] + list(enc.ln_post.parameters())
+        return [p for b in enc.blocks[self.split :] for p in b.parameters()] + list(enc.ln_post.parameters())
 
     @torch.no_grad()
     def encode_frozen(self, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,8 +166,9 @@ class Encoded:
     samples: dict[str, int] = field(default_factory=dict)
 
 
-def encode(top: TopOfWhisper, utts: list, tokenizer, max_seconds: float, rejects: Rejects, desc: str,
-           progress: bool) -> Encoded:
+def encode(
+    top: TopOfWhisper, utts: list, tokenizer, max_seconds: float, rejects: Rejects, desc: str, progress: bool
+) -> Encoded:
     """Load, check and tokenize ``utts`` (the students' dataset: bad audio, characters outside
     the vocabulary, too short for 50 Hz CTC go to ``rejects``; so do utterances longer than
     Whisper's 30 s window) and run the frozen part of the encoder once over them."""
@@ -174,8 +179,14 @@ def encode(top: TopOfWhisper, utts: list, tokenizer, max_seconds: float, rejects
     batches = duration_batches(dataset.durations, max_seconds)
     batch_seconds = [sum(dataset.durations[i] for i in batch) for batch in batches]
     # the total adds the same per-batch sums in the same order as the updates: the bar ends exactly full
-    bar = tqdm(total=sum(batch_seconds), desc=desc, unit="s", disable=not progress, file=sys.stderr,
-               bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]")
+    bar = tqdm(
+        total=sum(batch_seconds),
+        desc=desc,
+        unit="s",
+        disable=not progress,
+        file=sys.stderr,
+        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]",
+    )
     out = Encoded()
     top.eval()
     for batch, seconds in zip(build_dataloader(dataset, batches, num_workers=0), batch_seconds):
@@ -185,8 +196,9 @@ def encode(top: TopOfWhisper, utts: list, tokenizer, max_seconds: float, rejects
             if n <= MAX_SECONDS * SAMPLE_RATE:
                 rows.append(j)
             else:  # the manifest's duration was wrong
-                rejects.add(uid, "too_long", f"{n / SAMPLE_RATE:.1f} s of audio: Whisper encodes at most "
-                                             f"{MAX_SECONDS:.0f} s")
+                rejects.add(
+                    uid, "too_long", f"{n / SAMPLE_RATE:.1f} s of audio: Whisper encodes at most {MAX_SECONDS:.0f} s"
+                )
         bar.update(seconds)
         if not rows:
             continue
@@ -221,25 +233,40 @@ class EncodedItems(torch.utils.data.Dataset):
         feats = self.encoded.outputs[uid].float()
         if self.specaug is not None:
             feats = self.specaug(feats)
-        return {"id": uid, "feats": feats, "targets": torch.tensor(self.encoded.targets[uid]),
-                "samples": self.encoded.samples[uid]}
+        return {
+            "id": uid,
+            "feats": feats,
+            "targets": torch.tensor(self.encoded.targets[uid]),
+            "samples": self.encoded.samples[uid],
+        }
 
 
 def collate_encoded(items: list[dict[str, Any]]) -> dict[str, Any]:
     """A batch of :class:`EncodedItems` as the loop reads batches (see ``asrkd.data.collate``)."""
     pad = torch.nn.utils.rnn.pad_sequence
-    return {"ids": [x["id"] for x in items], "size": len(items), "rejected": [],
-            "feats": pad([x["feats"] for x in items], batch_first=True),
-            "feat_lengths": torch.tensor([x["feats"].size(0) for x in items]),
-            "targets": pad([x["targets"] for x in items], batch_first=True),
-            "target_lengths": torch.tensor([x["targets"].numel() for x in items]),
-            "has_text": torch.ones(len(items), dtype=torch.bool),
-            "wave_lengths": torch.tensor([x["samples"] for x in items])}
+    return {
+        "ids": [x["id"] for x in items],
+        "size": len(items),
+        "rejected": [],
+        "feats": pad([x["feats"] for x in items], batch_first=True),
+        "feat_lengths": torch.tensor([x["feats"].size(0) for x in items]),
+        "targets": pad([x["targets"] for x in items], batch_first=True),
+        "target_lengths": torch.tensor([x["targets"].numel() for x in items]),
+        "has_text": torch.ones(len(items), dtype=torch.bool),
+        "wave_lengths": torch.tensor([x["samples"] for x in items]),
+    }
 
 
 def _loader(dataset, cfg: AdaptConfig, shuffle: bool, rejects: Rejects):
-    sampler = DurationBatchSampler(dataset.durations, cfg.max_seconds_per_batch, shuffle=shuffle, seed=cfg.seed,
-                                   rank=0, world_size=1, ids=dataset.encoded.ids)
+    sampler = DurationBatchSampler(
+        dataset.durations,
+        cfg.max_seconds_per_batch,
+        shuffle=shuffle,
+        seed=cfg.seed,
+        rank=0,
+        world_size=1,
+        ids=dataset.encoded.ids,
+    )
     sampler.record_too_long(rejects)
     items = SeededItems(dataset, cfg.seed)
     return sampler, items, torch.utils.data.DataLoader(items, batch_sampler=sampler, collate_fn=collate_encoded)
@@ -258,12 +285,30 @@ class BestWeights:
             self.state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
 
 
-def build_adapt_run(top: TopOfWhisper, train: Encoded, dev: DevSet | None, tokenizer, cfg: AdaptConfig,
-                    rejects: Rejects, deadline: float | None, log, save: BestWeights) -> Run:
+def build_adapt_run(
+    top: TopOfWhisper,
+    train: Encoded,
+    dev: DevSet | None,
+    tokenizer,
+    cfg: AdaptConfig,
+    rejects: Rejects,
+    deadline: float | None,
+    log,
+    save: BestWeights,
+) -> Run:
     """The loop's :class:`~asrkd.train.run.Run` for ``top`` on the cached ``train`` outputs."""
     # time masks only (the cached outputs have no frequency axis), each up to time_mask_width of the length
-    specaug = SpecAugment(freq_masks=0, freq_width=0, time_masks=cfg.time_masks, time_width=top.whisper.encoder.n_ctx,
-                          max_time_ratio=cfg.time_mask_width) if cfg.time_masks > 0 else None
+    specaug = (
+        SpecAugment(
+            freq_masks=0,
+            freq_width=0,
+            time_masks=cfg.time_masks,
+            time_width=top.whisper.encoder.n_ctx,
+            max_time_ratio=cfg.time_mask_width,
+        )
+        if cfg.time_masks > 0
+        else None
+    )
     sampler, items, loader = _loader(EncodedItems(train, specaug), cfg, True, rejects)
     groups = [(list(top.whisper.head.parameters()), cfg.lr)]
     if top.top_parameters():
@@ -275,12 +320,24 @@ def build_adapt_run(top: TopOfWhisper, train: Encoded, dev: DevSet | None, token
         schedule = TimeBudget(schedule, total, deadline, min_steps=len(sampler))
     loss_fn = DistillationLoss(ctc_weight=1.0, kd_weight=0.0, blank_id=tokenizer.blank_id, seed=cfg.seed)
     objective = Objective(loss_fn, input_dim=top.whisper.encoder.n_state, dummy_frames=1, device=torch.device("cpu"))
-    return Run(loop=LoopConfig(epochs=cfg.epochs, clip_grad_norm=CLIP_GRAD_NORM, log_every=None,
-                               progress=cfg.progress),
-               ddp=DistInfo(), model=top, objective=objective, optimizer=optimizer,
-               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), sampler=sampler, items=items,
-               loader=loader, tokenizer=tokenizer, rejects=Rejects(), log=log, save=save, dev=dev,
-               deadline=deadline, last_checkpoint="(none: teacher-adapt writes --out at the end)")
+    return Run(
+        loop=LoopConfig(epochs=cfg.epochs, clip_grad_norm=CLIP_GRAD_NORM, log_every=None, progress=cfg.progress),
+        ddp=DistInfo(),
+        model=top,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        sampler=sampler,
+        items=items,
+        loader=loader,
+        tokenizer=tokenizer,
+        rejects=Rejects(),
+        log=log,
+        save=save,
+        dev=dev,
+        deadline=deadline,
+        last_checkpoint="(none: teacher-adapt writes --out at the end)",
+    )
 
 
 def dev_set(dev: Encoded, refs: dict[str, str], rejects: Rejects, cfg: AdaptConfig) -> DevSet:
@@ -289,8 +346,9 @@ def dev_set(dev: Encoded, refs: dict[str, str], rejects: Rejects, cfg: AdaptConf
 
 
 # --------------------------------------------------------------------------- the whole command
-def adapt_teacher(cfg: AdaptConfig, *, deadline: float | None = None,
-                  log: Callable[[str], None] | None = None) -> tuple[nn.Module, Any, dict[str, Any]]:
+def adapt_teacher(
+    cfg: AdaptConfig, *, deadline: float | None = None, log: Callable[[str], None] | None = None
+) -> tuple[nn.Module, Any, dict[str, Any]]:
     """Adapt ``cfg.teacher`` on ``cfg.train`` (stopping at ``deadline``, a ``time.monotonic()``
     time, after at least one epoch): returns the trained ``WhisperCTC`` (eval mode, frozen),
     the tokenizer and the summary a checkpoint stores as ``adapt``."""
@@ -303,14 +361,17 @@ def adapt_teacher(cfg: AdaptConfig, *, deadline: float | None = None,
     train_utts, unlabelled_train = _labelled(cfg.train, rejects["train"], "train", log)
     dev_utts, unlabelled_dev = _labelled(cfg.dev, rejects["dev"], "dev", log) if cfg.dev else ([], 0)
     if not train_utts:
-        raise ValueError(f"{cfg.train} has no labelled utterances (a CTC head needs transcripts)\n"
-                         f"{rejects['train'].summary()}")
+        raise ValueError(
+            f"{cfg.train} has no labelled utterances (a CTC head needs transcripts)\n{rejects['train'].summary()}"
+        )
     tokenizer = _tokenizer(cfg.tokenizer, [u.text for u in train_utts], log)
     whisper, source = load_adaptable(cfg, len(tokenizer))
     top = TopOfWhisper(whisper, cfg.unfreeze_blocks)
-    log(f"teacher {source}: encoder {sum(p.numel() for p in whisper.encoder.parameters()) / 1e6:.2f} M params, "
+    log(
+        f"teacher {source}: encoder {sum(p.numel() for p in whisper.encoder.parameters()) / 1e6:.2f} M params, "
         f"head {sum(p.numel() for p in whisper.head.parameters()) / 1e6:.2f} M, vocab {len(tokenizer)}, "
-        f"training the head{f' + top {cfg.unfreeze_blocks} blocks' if cfg.unfreeze_blocks else ''}")
+        f"training the head{f' + top {cfg.unfreeze_blocks} blocks' if cfg.unfreeze_blocks else ''}"
+    )
     train_enc, dev_enc = _encode_sets(top, train_utts, dev_utts, tokenizer, cfg, rejects, log)
     dev = dev_set(dev_enc, {u.id: u.text for u in dev_utts}, rejects["dev"], cfg) if dev_utts else None
     best = BestWeights()
@@ -327,13 +388,23 @@ def adapt_teacher(cfg: AdaptConfig, *, deadline: float | None = None,
         top.load_state_dict(best.state)
     whisper.requires_grad_(False)
     whisper.eval()
-    summary = {"source": source, "epochs": len(run.progress.history), "train_utterances": len(train_enc.ids),
-               "train_hours": sum(train_enc.samples.values()) / SAMPLE_RATE / 3600,
-               "unfreeze_blocks": cfg.unfreeze_blocks, "wall_s": round(time.monotonic() - t0, 1),
-               "skipped_train": rejects["train"].counts(), "skipped_dev": rejects["dev"].counts(),
-               "unlabelled_train": unlabelled_train, "unlabelled_dev": unlabelled_dev,
-               "history": [{k: h[k] for k in ("epoch", "step", "elapsed_s", "dev_cer", "dev_wer") if k in h}
-                           | {"loss": h["train_loss"]} for h in run.progress.history]}
+    summary = {
+        "source": source,
+        "epochs": len(run.progress.history),
+        "train_utterances": len(train_enc.ids),
+        "train_hours": sum(train_enc.samples.values()) / SAMPLE_RATE / 3600,
+        "unfreeze_blocks": cfg.unfreeze_blocks,
+        "wall_s": round(time.monotonic() - t0, 1),
+        "skipped_train": rejects["train"].counts(),
+        "skipped_dev": rejects["dev"].counts(),
+        "unlabelled_train": unlabelled_train,
+        "unlabelled_dev": unlabelled_dev,
+        "history": [
+            {k: h[k] for k in ("epoch", "step", "elapsed_s", "dev_cer", "dev_wer") if k in h}
+            | {"loss": h["train_loss"]}
+            for h in run.progress.history
+        ],
+    }
     if dev is not None:
         ev = evaluate(top, dev.loader, dev.refs, tokenizer, run.device)
         summary.update(dev_cer=ev["cer"], dev_wer=ev["wer"], dev_utterances=ev["utterances"])
@@ -363,12 +434,16 @@ def _tokenizer(path: str, texts: list[str], log):
 
 def _encode_sets(top, train_utts, dev_utts, tokenizer, cfg: AdaptConfig, rejects, log) -> tuple[Encoded, Encoded]:
     t_enc = time.monotonic()
-    sets = [encode(top, utts, tokenizer, cfg.max_seconds_per_batch, rejects[name], f"encode {name}", cfg.progress)
-            for name, utts in (("train", train_utts), ("dev", dev_utts))]
+    sets = [
+        encode(top, utts, tokenizer, cfg.max_seconds_per_batch, rejects[name], f"encode {name}", cfg.progress)
+        for name, utts in (("train", train_utts), ("dev", dev_utts))
+    ]
     audio_s = sum(n for s in sets for n in s.samples.values()) / SAMPLE_RATE
     enc_s = time.monotonic() - t_enc
-    log(f"encoded {len(sets[0].ids)} train + {len(sets[1].ids)} dev utterances ({audio_s / 3600:.2f} h) in "
-        f"{enc_s:.0f} s ({audio_s / max(enc_s, 1e-9):.0f}x real time)")
+    log(
+        f"encoded {len(sets[0].ids)} train + {len(sets[1].ids)} dev utterances ({audio_s / 3600:.2f} h) in "
+        f"{enc_s:.0f} s ({audio_s / max(enc_s, 1e-9):.0f}x real time)"
+    )
     return sets[0], sets[1]
 
 
@@ -376,13 +451,16 @@ def save_adapted(path, whisper: nn.Module, tokenizer, summary: dict[str, Any], c
     """The adapted teacher as an asrkd checkpoint (atomic): ``load_teacher("asrkd:PATH")``."""
     from asrkd.models.checkpoint import save_checkpoint
 
-    save_checkpoint(path, {
-        "arch": "whisper_ctc",
-        "model_kwargs": whisper.model_kwargs,
-        "model": whisper.state_dict(),
-        "tokenizer": tokenizer.to_dict(),
-        "features": None,  # waveform-input model: its Whisper front-end is part of it
-        "cmvn": None,
-        "adapt": summary,
-        "config": config,
-    })
+    save_checkpoint(
+        path,
+        {
+            "arch": "whisper_ctc",
+            "model_kwargs": whisper.model_kwargs,
+            "model": whisper.state_dict(),
+            "tokenizer": tokenizer.to_dict(),
+            "features": None,  # waveform-input model: its Whisper front-end is part of it
+            "cmvn": None,
+            "adapt": summary,
+            "config": config,
+        },
+    )

@@ -81,24 +81,49 @@ def build_run(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> Run:
     teacher = build_teacher(cfg, data, ddp.device, log)
     model = build_model(cfg, data, ddp, log)
     loss_fn = build_loss(cfg, model, data.tokenizer, teacher, log)
-    objective = Objective(loss_fn, input_dim=data.features.n_mels, device=ddp.device, amp_dtype=amp_dtype,
-                          dummy_frames=model.subsampling * max(1, getattr(model, "chunk_size", 1)),
-                          cache=teacher.cache, teacher=teacher.model)
+    objective = Objective(
+        loss_fn,
+        input_dim=data.features.n_mels,
+        device=ddp.device,
+        amp_dtype=amp_dtype,
+        dummy_frames=model.subsampling * max(1, getattr(model, "chunk_size", 1)),
+        cache=teacher.cache,
+        teacher=teacher.model,
+    )
     train_ds, sampler, items, loader = build_train_loader(cfg, data, model, ddp)
     dev = build_dev(cfg, data, model, log) if ddp.is_main else None
     hours = sum(train_ds.durations) / 3600
-    log(f"data: {len(train_ds)} training utterances ({hours:.2f} h, {sum(u.has_text for u in train_ds.utterances)} "
-        f"labelled), {len(sampler)} batches per epoch per rank; dev: {len(dev.refs) if dev else 0} utterances")
+    log(
+        f"data: {len(train_ds)} training utterances ({hours:.2f} h, {sum(u.has_text for u in train_ds.utterances)} "
+        f"labelled), {len(sampler)} batches per epoch per rank; dev: {len(dev.refs) if dev else 0} utterances"
+    )
     optimizer = build_optimizer([(list(model.parameters()), cfg["optim"]["lr"])], cfg["optim"])
     loop = LoopConfig.from_config(cfg)
     total_steps = int(cfg["optim"]["total_steps"] or loop.epochs * math.ceil(len(sampler) / loop.accum_steps))
     o = cfg["optim"]
     scheduler = build_scheduler(optimizer, o["schedule"], o["warmup_steps"], total_steps, o["min_lr_ratio"])
-    run = Run(loop=loop, ddp=ddp, model=model, objective=objective, optimizer=optimizer, scheduler=scheduler,
-              sampler=sampler, items=items, loader=loader, tokenizer=data.tokenizer, rejects=data.rejects, log=log,
-              save=save_run, dev=dev, amp_dtype=amp_dtype, sample_rate=data.features.sample_rate,
-              last_checkpoint=str(exp / "last.pt"), t_start=t_start, exp=exp,
-              checkpoint_meta=checkpoint_meta(cfg, model, data, teacher, ddp))
+    run = Run(
+        loop=loop,
+        ddp=ddp,
+        model=model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        sampler=sampler,
+        items=items,
+        loader=loader,
+        tokenizer=data.tokenizer,
+        rejects=data.rejects,
+        log=log,
+        save=save_run,
+        dev=dev,
+        amp_dtype=amp_dtype,
+        sample_rate=data.features.sample_rate,
+        last_checkpoint=str(exp / "last.pt"),
+        t_start=t_start,
+        exp=exp,
+        checkpoint_meta=checkpoint_meta(cfg, model, data, teacher, ddp),
+    )
     if ckpt is not None:
         resume(run, ckpt, resume_from)
     return run
@@ -121,12 +146,16 @@ def start(cfg: dict[str, Any], resume_from, ddp: DistInfo):
     ckpt = training_checkpoint(resume_from) if resume_from else None
     if ckpt is not None:
         changed = diff(ckpt["config"], cfg)
-        log(f"resuming from {resume_from} (epoch {ckpt['epoch']}, batch {ckpt['batches_done']}, step {ckpt['step']})"
-            + (f"; config changes: {'; '.join(changed)}" if changed else ""))
+        log(
+            f"resuming from {resume_from} (epoch {ckpt['epoch']}, batch {ckpt['batches_done']}, step {ckpt['step']})"
+            + (f"; config changes: {'; '.join(changed)}" if changed else "")
+        )
     elif ddp.is_main and (exp / "last.pt").exists():
         log(f"note: starting from scratch; the checkpoints in {exp} will be replaced (use --resume to continue)")
-    log(f"world size {ddp.world_size} ({ddp.backend or 'single process'}), device {ddp.device}, "
-        f"amp {amp_dtype or 'off'}, threads {torch.get_num_threads()}")
+    log(
+        f"world size {ddp.world_size} ({ddp.backend or 'single process'}), device {ddp.device}, "
+        f"amp {amp_dtype or 'off'}, threads {torch.get_num_threads()}"
+    )
     return exp, log, amp_dtype, ckpt
 
 
@@ -158,8 +187,10 @@ def _cmvn_stats(utts, features: FeatureConfig, d: dict[str, Any], rejects: Rejec
     try:
         return compute_cmvn(utts, features, max_utterances=d["cmvn_utterances"], rejects=rejects).to_dict()
     except ValueError:  # every utterance it looked at had bad audio
-        raise TrainingError(f"no usable training utterance in {d['train']}: none of those read for the CMVN "
-                            f"statistics (up to data.cmvn_utterances) has usable audio\n{rejects.summary()}") from None
+        raise TrainingError(
+            f"no usable training utterance in {d['train']}: none of those read for the CMVN "
+            f"statistics (up to data.cmvn_utterances) has usable audio\n{rejects.summary()}"
+        ) from None
 
 
 def build_teacher(cfg: dict[str, Any], data: Data, device: torch.device, log: Log) -> Teacher:
@@ -169,8 +200,10 @@ def build_teacher(cfg: dict[str, Any], data: Data, device: torch.device, log: Lo
     if use_kd and t["cache"]:
         cache = _open_cache(t)
         data.train_utts = cache.check_entries(data.train_utts, data.rejects)
-        log(f"teacher: cache {t['cache']} ({cache.kind}{'' if cache.kind == 'dense' else f', k={cache.topk}'}, "
-            f"{len(cache)} utterances, key {cache.key[:12]}, made with {cache.teacher['spec']!r})")
+        log(
+            f"teacher: cache {t['cache']} ({cache.kind}{'' if cache.kind == 'dense' else f', k={cache.topk}'}, "
+            f"{len(cache)} utterances, key {cache.key[:12]}, made with {cache.teacher['spec']!r})"
+        )
         return Teacher(cache=cache, vocab=cache.vocab, blank_id=cache.blank_id, frame_rate=cache.frame_rate)
     if use_kd:
         from asrkd.models.teachers import load_teacher
@@ -205,16 +238,17 @@ def build_model(cfg: dict[str, Any], data: Data, ddp: DistInfo, log: Log) -> tor
     """The student, with the same initial weights on every rank."""
     m, seed = cfg["model"], int(cfg["seed"])
     torch.manual_seed(seed)  # the same initial weights on every rank, whatever ran before
-    overrides = {"input_dim": data.features.n_mels, "feature_rate": data.features.frame_rate,
-                 **(m["overrides"] or {})}
+    overrides = {"input_dim": data.features.n_mels, "feature_rate": data.features.frame_rate, **(m["overrides"] or {})}
     try:
         model = build_student(m["arch"], m["size"], len(data.tokenizer), **overrides).to(ddp.device)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
     torch.manual_seed(seed + ddp.rank)  # dropout masks differ across ranks
-    log(f"student: {m['arch']} {m['size']}, {count_parameters(model) / 1e6:.2f} M parameters, "
+    log(
+        f"student: {m['arch']} {m['size']}, {count_parameters(model) / 1e6:.2f} M parameters, "
         f"{model.frame_rate:g} frames/s, vocabulary {len(data.tokenizer)}, "
-        f"latency {model.algorithmic_latency_ms:.0f} ms")
+        f"latency {model.algorithmic_latency_ms:.0f} ms"
+    )
     return model
 
 
@@ -222,14 +256,28 @@ def build_loss(cfg: dict[str, Any], model, tokenizer, teacher: Teacher, log: Log
     lo, use_kd = cfg["loss"], teacher.vocab is not None
     vocab_map = None
     if use_kd and list(teacher.vocab) != list(tokenizer.tokens):
-        vocab_map = VocabMap.from_vocabs(teacher.vocab, tokenizer.tokens, teacher_blank_id=teacher.blank_id,
-                                         student_blank_id=tokenizer.blank_id, unmapped=lo["unmapped"])
+        vocab_map = VocabMap.from_vocabs(
+            teacher.vocab,
+            tokenizer.tokens,
+            teacher_blank_id=teacher.blank_id,
+            student_blank_id=tokenizer.blank_id,
+            unmapped=lo["unmapped"],
+        )
     loss_fn = DistillationLoss(
-        ctc_weight=lo["ctc_weight"], kd_weight=lo["kd_weight"], temperature=lo["temperature"], shift=lo["shift"],
-        blank_mode=lo["blank_mode"], blank_threshold=lo["blank_threshold"], blank_weight=lo["blank_weight"],
-        vocab_map=vocab_map, student_frame_rate=model.frame_rate if use_kd else None,
-        teacher_frame_rate=teacher.frame_rate if use_kd else None, resample=lo["resample"],
-        blank_id=tokenizer.blank_id, seed=int(cfg["seed"]))
+        ctc_weight=lo["ctc_weight"],
+        kd_weight=lo["kd_weight"],
+        temperature=lo["temperature"],
+        shift=lo["shift"],
+        blank_mode=lo["blank_mode"],
+        blank_threshold=lo["blank_threshold"],
+        blank_weight=lo["blank_weight"],
+        vocab_map=vocab_map,
+        student_frame_rate=model.frame_rate if use_kd else None,
+        teacher_frame_rate=teacher.frame_rate if use_kd else None,
+        resample=lo["resample"],
+        blank_id=tokenizer.blank_id,
+        seed=int(cfg["seed"]),
+    )
     log(f"loss: {loss_fn.extra_repr()}")
     return loss_fn
 
@@ -239,12 +287,25 @@ def build_train_loader(cfg: dict[str, Any], data: Data, model, ddp: DistInfo):
     d, seed = cfg["data"], int(cfg["seed"])
     specaug = SpecAugment(**d["specaug"]) if d["specaug"] else None
     front = FeaturePipeline(data.features, data.cmvn, specaug)
-    train_ds = ASRDataset(data.train_utts, data.tokenizer, front, train=True, subsampling=model.subsampling,
-                          speed_factors=d["speed_perturb"], rejects=data.rejects)
+    train_ds = ASRDataset(
+        data.train_utts,
+        data.tokenizer,
+        front,
+        train=True,
+        subsampling=model.subsampling,
+        speed_factors=d["speed_perturb"],
+        rejects=data.rejects,
+    )
     if len(train_ds) == 0:
         raise TrainingError(f"no usable training utterance in {d['train']}\n{data.rejects.summary()}")
-    sampler = DurationBatchSampler(train_ds.durations, d["max_seconds"], seed=seed, num_buckets=d["num_buckets"],
-                                   max_batch_size=d["max_batch_size"], ids=train_ds.ids)
+    sampler = DurationBatchSampler(
+        train_ds.durations,
+        d["max_seconds"],
+        seed=seed,
+        num_buckets=d["num_buckets"],
+        max_batch_size=d["max_batch_size"],
+        ids=train_ds.ids,
+    )
     sampler.record_too_long(data.rejects)
     items = SeededItems(train_ds, seed)
     loader = build_dataloader(items, sampler, num_workers=d["num_workers"], pin_memory=ddp.device.type == "cuda")
@@ -266,10 +327,10 @@ def build_dev(cfg: dict[str, Any], data: Data, model, log: Log) -> DevSet | None
     if len(dev_utts) < len(utts):
         log(f"note: {len(utts) - len(dev_utts)} dev utterances have no text and are not scored")
     front = FeaturePipeline(data.features, data.cmvn)
-    dev_ds = ASRDataset(dev_utts, data.tokenizer, front, train=False, subsampling=model.subsampling,
-                        rejects=rejects)
-    sampler = DurationBatchSampler(dev_ds.durations, d["max_seconds"], shuffle=False, rank=0, world_size=1,
-                                   ids=dev_ds.ids)
+    dev_ds = ASRDataset(dev_utts, data.tokenizer, front, train=False, subsampling=model.subsampling, rejects=rejects)
+    sampler = DurationBatchSampler(
+        dev_ds.durations, d["max_seconds"], shuffle=False, rank=0, world_size=1, ids=dev_ds.ids
+    )
     sampler.record_too_long(rejects)
     loader = build_dataloader(dev_ds, sampler, num_workers=d["num_workers"])
     loader.generator = torch.Generator().manual_seed(int(cfg["seed"]))
@@ -280,8 +341,10 @@ def build_optimizer(groups: list[tuple[list[torch.nn.Parameter], float]], o: dic
     """AdamW over ``(parameters, lr)`` groups; no weight decay on biases and norms (< 2 dims)."""
     param_groups = []
     for params, lr in groups:
-        param_groups += [{"params": [p for p in params if p.dim() >= 2], "lr": lr, "weight_decay": o["weight_decay"]},
-                         {"params": [p for p in params if p.dim() < 2], "lr": lr, "weight_decay": 0.0}]
+        param_groups += [
+            {"params": [p for p in params if p.dim() >= 2], "lr": lr, "weight_decay": o["weight_decay"]},
+            {"params": [p for p in params if p.dim() < 2], "lr": lr, "weight_decay": 0.0},
+        ]
     param_groups = [g for g in param_groups if g["params"]]
     return torch.optim.AdamW(param_groups, lr=groups[0][1], betas=tuple(o["betas"]), eps=o["eps"])
 
@@ -291,11 +354,18 @@ def checkpoint_meta(cfg: dict[str, Any], model, data: Data, teacher: Teacher, dd
     ``asrkd decode`` / ``load_teacher("asrkd:CKPT")`` to rebuild the model and its front end."""
     m, t = cfg["model"], cfg["teacher"]
     arch = ARCHS[m["arch"].removesuffix("_ctc")][0]
-    return {"arch": arch, "model_kwargs": model.model_kwargs, "tokenizer": data.tokenizer.to_dict(),
-            "features": data.features.to_dict(), "cmvn": data.cmvn.to_dict(), "config": cfg,
-            "world_size": ddp.world_size, "frame_rate": model.frame_rate, "params": count_parameters(model),
-            "teacher": {"cache": t["cache"], "cache_key": teacher.cache.key if teacher.cache else None,
-                        "spec": t["spec"]}}
+    return {
+        "arch": arch,
+        "model_kwargs": model.model_kwargs,
+        "tokenizer": data.tokenizer.to_dict(),
+        "features": data.features.to_dict(),
+        "cmvn": data.cmvn.to_dict(),
+        "config": cfg,
+        "world_size": ddp.world_size,
+        "frame_rate": model.frame_rate,
+        "params": count_parameters(model),
+        "teacher": {"cache": t["cache"], "cache_key": teacher.cache.key if teacher.cache else None, "spec": t["spec"]},
+    }
 
 
 def resume(run: Run, ckpt: dict[str, Any], path) -> None:
@@ -303,8 +373,10 @@ def resume(run: Run, ckpt: dict[str, Any], path) -> None:
     schedule at the step reached, the progress, and every RNG (last: nothing after this may
     draw from them before the loop)."""
     if len(ckpt["rng"]) != run.ddp.world_size:
-        raise TrainingError(f"--resume {path}: saved by {len(ckpt['rng'])} processes, now "
-                            f"{run.ddp.world_size}: resume with the same number of processes")
+        raise TrainingError(
+            f"--resume {path}: saved by {len(ckpt['rng'])} processes, now "
+            f"{run.ddp.world_size}: resume with the same number of processes"
+        )
     load_run_state(path, ckpt, run.model, run.optimizer, run.sampler, run.objective.loss_fn)
     resume_scheduler(run.scheduler, ckpt["step"])
     run.progress = Progress.from_checkpoint(ckpt)

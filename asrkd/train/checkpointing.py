@@ -34,10 +34,17 @@ def save_run(run: Run, names: list[str], epoch: int, batches_done: int) -> None:
     if not run.main:
         return
     state = {
-        **run.checkpoint_meta, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(), "sampler": run.sampler.state_dict(batches_done=batches_done),
-        "loss_rng": run.objective.loss_fn.generator.get_state(), "rng": rngs, "rank_weights": hashes,
-        **run.progress.state(), "epoch": epoch, "batches_done": batches_done,
+        **run.checkpoint_meta,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "sampler": run.sampler.state_dict(batches_done=batches_done),
+        "loss_rng": run.objective.loss_fn.generator.get_state(),
+        "rng": rngs,
+        "rank_weights": hashes,
+        **run.progress.state(),
+        "epoch": epoch,
+        "batches_done": batches_done,
         "elapsed_s": run.progress.elapsed_s + time.time() - run.t_start,
     }
     for name in names:
@@ -54,18 +61,22 @@ def training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = load_checkpoint(path)
     missing = [k for k in ("config", "optimizer", "sampler", "rng", "step", "epoch") if k not in ckpt]
     if missing:
-        raise TrainingError(f"--resume {path}: an asrkd checkpoint, but not one `asrkd train` wrote (no "
-                            f"{', '.join(missing)}): only a run's last.pt / best.pt can be resumed")
+        raise TrainingError(
+            f"--resume {path}: an asrkd checkpoint, but not one `asrkd train` wrote (no "
+            f"{', '.join(missing)}): only a run's last.pt / best.pt can be resumed"
+        )
     return ckpt
 
 
 def load_run_state(path, ckpt: dict[str, Any], model, optimizer, sampler, loss_fn) -> None:
     """Model, optimizer, sampler and loss RNG from a checkpoint; ``TrainingError`` saying what
     does not fit the current config (model size, data) instead of a state-dict traceback."""
-    parts = (("model", model.load_state_dict, "model (model.arch / model.size / overrides changed?)"),
-             ("optimizer", optimizer.load_state_dict, "optimizer state"),
-             ("sampler", sampler.load_state_dict, "batch order (the training data or batching changed?)"),
-             ("loss_rng", loss_fn.generator.set_state, "loss generator state"))
+    parts = (
+        ("model", model.load_state_dict, "model (model.arch / model.size / overrides changed?)"),
+        ("optimizer", optimizer.load_state_dict, "optimizer state"),
+        ("sampler", sampler.load_state_dict, "batch order (the training data or batching changed?)"),
+        ("loss_rng", loss_fn.generator.set_state, "loss generator state"),
+    )
     for key, load, what in parts:
         try:
             load(ckpt[key])
@@ -79,15 +90,22 @@ def check_same_front_end(path, d: dict[str, Any], features: FeatureConfig, token
     asks for others is refused instead of being listed as a change that does not happen."""
     wanted = FeatureConfig.from_dict(d["features"] or {}).to_dict()
     have = features.to_dict()
-    changed = [f"{k} {have.get(k)!r} -> {wanted.get(k)!r}" for k in sorted(set(have) | set(wanted))
-               if have.get(k) != wanted.get(k)]
+    changed = [
+        f"{k} {have.get(k)!r} -> {wanted.get(k)!r}"
+        for k in sorted(set(have) | set(wanted))
+        if have.get(k) != wanted.get(k)
+    ]
     if changed:
-        raise TrainingError(f"--resume {path}: data.features differ from the checkpoint's front-end "
-                            f"({'; '.join(changed)}); a resumed run keeps its features: start a new run "
-                            "(another exp_dir) to change them")
+        raise TrainingError(
+            f"--resume {path}: data.features differ from the checkpoint's front-end "
+            f"({'; '.join(changed)}); a resumed run keeps its features: start a new run "
+            "(another exp_dir) to change them"
+        )
     if d["tokenizer"] and load_tokenizer(d["tokenizer"]).to_dict() != tokenizer.to_dict():
-        raise TrainingError(f"--resume {path}: data.tokenizer {d['tokenizer']} is not the vocabulary the run was "
-                            "trained with; start a new run to change it")
+        raise TrainingError(
+            f"--resume {path}: data.tokenizer {d['tokenizer']} is not the vocabulary the run was "
+            "trained with; start a new run to change it"
+        )
 
 
 def refuse_outputs_over_inputs(cfg: dict[str, Any], exp: Path, resume_from) -> None:
@@ -96,8 +114,12 @@ def refuse_outputs_over_inputs(cfg: dict[str, Any], exp: Path, resume_from) -> N
     from asrkd.models.teachers import spec_file
 
     d, t = cfg["data"], cfg["teacher"]
-    inputs = {"data.train": d["train"], "data.dev": d["dev"], "data.tokenizer": d["tokenizer"],
-              "teacher.spec": spec_file(t["spec"]) if t["spec"] else None}
+    inputs = {
+        "data.train": d["train"],
+        "data.dev": d["dev"],
+        "data.tokenizer": d["tokenizer"],
+        "teacher.spec": spec_file(t["spec"]) if t["spec"] else None,
+    }
     outputs = {f"exp_dir/{name}": exp / name for name in RUN_FILES}
     if resume_from is not None:  # resuming from exp_dir/last.pt rewrites it: that is the point
         outputs = {k: v for k, v in outputs.items() if Path(v).resolve() != Path(resume_from).resolve()}

@@ -31,80 +31,90 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                 |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                 |[-+]?\.(?:inf|Inf|INF)
-                |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
-    list("-+0123456789."))
+                |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # safe: a SafeLoader subclass
 
+
 DEFAULTS: dict[str, Any] = {
-    "exp_dir": "exp/student",       # checkpoints, history.json, train.log, tensorboard/
+    "exp_dir": "exp/student",  # checkpoints, history.json, train.log, tensorboard/
     "seed": 0,
     "data": {
-        "train": None,              # training manifest (JSONL); required
-        "dev": None,                # dev manifest with text: WER/CER after each epoch, picks best.pt
-        "tokenizer": None,          # saved tokenizer (JSON); None: characters of the training texts
-        "features": {},             # FeatureConfig fields (n_mels, hop_ms, ...)
-        "cmvn_utterances": 1000,    # utterances for the global CMVN statistics
-        "specaug": {"freq_masks": 2, "freq_width": 27, "time_masks": 2, "time_width": 40,
-                    "max_time_ratio": 0.1},  # null: off
-        "speed_perturb": None,      # e.g. [0.9, 1.0, 1.1]; not with teacher.cache
-        "min_duration": None,       # seconds
+        "train": None,  # training manifest (JSONL); required
+        "dev": None,  # dev manifest with text: WER/CER after each epoch, picks best.pt
+        "tokenizer": None,  # saved tokenizer (JSON); None: characters of the training texts
+        "features": {},  # FeatureConfig fields (n_mels, hop_ms, ...)
+        "cmvn_utterances": 1000,  # utterances for the global CMVN statistics
+        "specaug": {
+            "freq_masks": 2,
+            "freq_width": 27,
+            "time_masks": 2,
+            "time_width": 40,
+            "max_time_ratio": 0.1,
+        },  # null: off
+        "speed_perturb": None,  # e.g. [0.9, 1.0, 1.1]; not with teacher.cache
+        "min_duration": None,  # seconds
         "max_duration": None,
-        "max_seconds": 120.0,       # padded audio seconds per batch (per rank)
+        "max_seconds": 120.0,  # padded audio seconds per batch (per rank)
         "max_batch_size": None,
         "num_buckets": 10,
         "num_workers": 2,
     },
     "model": {
-        "arch": "conformer",        # conformer | emformer
-        "size": "xs",               # xs | s | m
-        "overrides": {},            # any student constructor argument (dropout, chunk_size, ...)
+        "arch": "conformer",  # conformer | emformer
+        "size": "xs",  # xs | s | m
+        "overrides": {},  # any student constructor argument (dropout, chunk_size, ...)
     },
     "teacher": {
-        "cache": None,              # folder written by `asrkd cache-teacher`
-        "spec": None,               # teacher run in the loop (or, with cache, checked against it)
+        "cache": None,  # folder written by `asrkd cache-teacher`
+        "spec": None,  # teacher run in the loop (or, with cache, checked against it)
     },
     "loss": {
         "ctc_weight": 1.0,
-        "kd_weight": 0.0,           # λ; > 0 needs a teacher
+        "kd_weight": 0.0,  # λ; > 0 needs a teacher
         "temperature": 1.0,
-        "shift": 0,                 # streaming delay of the teacher, student frames
-        "blank_mode": "none",       # none | threshold | select
+        "shift": 0,  # streaming delay of the teacher, student frames
+        "blank_mode": "none",  # none | threshold | select
         "blank_threshold": 0.5,
         "blank_weight": 0.1,
-        "resample": "ctc",          # teacher -> student frame rate: ctc (keeps spikes) | average
-        "unmapped": "drop",         # teacher symbols the student lacks: drop, or a student symbol
+        "resample": "ctc",  # teacher -> student frame rate: ctc (keeps spikes) | average
+        "unmapped": "drop",  # teacher symbols the student lacks: drop, or a student symbol
     },
     "optim": {
-        "lr": 1.0e-3,               # peak learning rate
-        "weight_decay": 0.01,       # AdamW; not applied to biases and norms
+        "lr": 1.0e-3,  # peak learning rate
+        "weight_decay": 0.01,  # AdamW; not applied to biases and norms
         "betas": [0.9, 0.98],
         "eps": 1.0e-8,
-        "schedule": "cosine",       # cosine (warm-up + cosine) | noam | constant (warm-up + flat)
+        "schedule": "cosine",  # cosine (warm-up + cosine) | noam | constant (warm-up + flat)
         "warmup_steps": 500,
-        "min_lr_ratio": 0.02,       # cosine floor, fraction of lr
-        "total_steps": None,        # schedule length; None: epochs x optimizer steps per epoch
-        "clip_grad_norm": 5.0,      # None: no clipping
-        "accum_steps": 1,           # batches per optimizer step
+        "min_lr_ratio": 0.02,  # cosine floor, fraction of lr
+        "total_steps": None,  # schedule length; None: epochs x optimizer steps per epoch
+        "clip_grad_norm": 5.0,  # None: no clipping
+        "accum_steps": 1,  # batches per optimizer step
     },
     "train": {
         "epochs": 10,
-        "max_steps": None,          # stop after this many optimizer steps (the schedule is unchanged)
-        "device": "auto",           # auto | cpu | cuda | cuda:N
-        "amp": "auto",              # auto (bf16 on CUDA, off on CPU) | bf16 | off
-        "threads": None,            # torch intra-op threads per process; None: torch's default
-        "log_every": 50,            # optimizer steps between log lines / TensorBoard points
-        "eval_every_steps": None,   # extra dev evaluations between epoch ends
-        "save_every_steps": None,   # extra last.pt saves between epoch ends
-        "max_nonfinite": 20,        # consecutive NaN/Inf steps before the run stops
-        "progress": True,           # tqdm bar (rank 0)
-        "tensorboard": True,        # scalars under exp_dir/tensorboard
+        "max_steps": None,  # stop after this many optimizer steps (the schedule is unchanged)
+        "device": "auto",  # auto | cpu | cuda | cuda:N
+        "amp": "auto",  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+        "threads": None,  # torch intra-op threads per process; None: torch's default
+        "log_every": 50,  # optimizer steps between log lines / TensorBoard points
+        "eval_every_steps": None,  # extra dev evaluations between epoch ends
+        "save_every_steps": None,  # extra last.pt saves between epoch ends
+        "max_nonfinite": 20,  # consecutive NaN/Inf steps before the run stops
+        "progress": True,  # tqdm bar (rank 0)
+        "tensorboard": True,  # scalars under exp_dir/tensorboard
     },
 }
 
@@ -122,8 +132,10 @@ def _check_keys(cfg: Mapping[str, Any], ref: Mapping[str, Any], prefix: str = ""
         if key not in ref:
             near = difflib.get_close_matches(str(key), list(ref), n=3)
             hint = f"; did you mean {', '.join(prefix + n for n in near)}?" if near else ""
-            raise ConfigError(f"unknown config key {path!r}{hint} (valid under {prefix.rstrip('.') or 'the top'}: "
-                              f"{', '.join(sorted(ref))})")
+            raise ConfigError(
+                f"unknown config key {path!r}{hint} (valid under {prefix.rstrip('.') or 'the top'}: "
+                f"{', '.join(sorted(ref))})"
+            )
         if path in OPEN_SECTIONS:
             if value is not None and not isinstance(value, Mapping):
                 raise ConfigError(f"config key {path!r} must be a mapping (or null), got {value!r}")
@@ -185,16 +197,19 @@ def _read_yaml(path: Path) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
-        raise ConfigError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
-                          f"{err.start}); save the config as UTF-8") from None
+        raise ConfigError(
+            f"{path}, line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset "
+            f"{err.start}); save the config as UTF-8"
+        ) from None
     try:
         return _yaml_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(_yaml_problem(path, err)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = (),
-                base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_config(
+    path: str | Path | None = None, overrides: Sequence[str] = (), base: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """:data:`DEFAULTS` <- ``base`` (e.g. a checkpoint's config) <- the YAML file (after the file it
     ``extends``, if any) <- overrides."""
     cfg = copy.deepcopy(DEFAULTS)
@@ -217,8 +232,9 @@ def _merge_file(cfg: dict[str, Any], path: Path, chain: tuple[Path, ...]) -> Non
     if not isinstance(user, Mapping):
         raise ConfigError(f"{path}: the config must be a mapping at the top level")
     user = dict(user)
+    has_parent = "extends" in user
     parent = user.pop("extends", None)
-    if parent is not None:
+    if has_parent:
         if not isinstance(parent, str) or not parent:
             raise ConfigError(f"{path}: 'extends' must name a YAML file, got {parent!r}")
         _merge_file(cfg, path.parent / parent, chain + (path.resolve(),))
@@ -261,16 +277,17 @@ def _int(lo: int, *, null: str | bool = False) -> _Rule:
     return _nullable(_Rule(f"an int >= {lo}", lambda v: _is_int(v) and v >= lo), null)
 
 
-def _num(lo: float, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False,
-         null: str | bool = False) -> _Rule:
+def _num(
+    lo: float, hi: float | None = None, *, lo_open: bool = False, hi_open: bool = False, null: str | bool = False
+) -> _Rule:
     if hi is None:
         span = f"{'>' if lo_open else '>='} {lo:g}"
     else:
         span = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
 
     def ok(v: Any) -> bool:
-        return (_is_num(v) and (v > lo if lo_open else v >= lo)
-                and (hi is None or (v < hi if hi_open else v <= hi)))
+        return _is_num(v) and (v > lo if lo_open else v >= lo) and (hi is None or (v < hi if hi_open else v <= hi))
+
     return _nullable(_Rule(f"a finite number {span}", ok), null)
 
 
@@ -287,16 +304,22 @@ def _choice(*choices: Any, extra: Sequence[Any] = ()) -> _Rule:
 def _list(item: _Rule, items: str, length: int | None = None, *, null: str | bool = False) -> _Rule:
     """A YAML list (a tuple would not survive :func:`dump`) of ``length`` values ``item`` accepts."""
     n = f"{length} " if length is not None else ""
-    return _nullable(_Rule(f"a list of {n}{items}", lambda v: isinstance(v, list)
-                           and (length is None or len(v) == length) and all(item.ok(x) for x in v)), null)
+    return _nullable(
+        _Rule(
+            f"a list of {n}{items}",
+            lambda v: isinstance(v, list) and (length is None or len(v) == length) and all(item.ok(x) for x in v),
+        ),
+        null,
+    )
 
 
 # what random, numpy (modulo 2**32) and torch.manual_seed all take
 _SEED = _Rule("an int in [0, 2**63)", lambda v: _is_int(v) and 0 <= v < 2**63)
 _BOOL = _Rule("true or false", lambda v: isinstance(v, bool))
 _MAPPING = _Rule("a mapping, or null", lambda v: v is None or isinstance(v, Mapping))
-_DEVICE = _Rule("auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)
-                is not None)
+_DEVICE = _Rule(
+    "auto, cpu, cuda or cuda:N", lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None
+)
 
 
 @functools.cache
@@ -308,34 +331,57 @@ def _rules() -> dict[str, _Rule]:
 
     sizes = list(dict.fromkeys(s for per_arch in SIZES.values() for s in per_arch))  # model.arch picks among them
     return {
-        "exp_dir": _str(), "seed": _SEED,
-        "data.train": _str(), "data.dev": _str(null=True), "data.tokenizer": _str(null=True),
-        "data.features": _MAPPING, "data.specaug": _MAPPING,
+        "exp_dir": _str(),
+        "seed": _SEED,
+        "data.train": _str(),
+        "data.dev": _str(null=True),
+        "data.tokenizer": _str(null=True),
+        "data.features": _MAPPING,
+        "data.specaug": _MAPPING,
         "data.cmvn_utterances": _int(1, null="all"),
         "data.speed_perturb": _list(_num(0, lo_open=True), "finite numbers > 0", null="none"),
-        "data.min_duration": _num(0, null="no minimum"), "data.max_duration": _num(0, lo_open=True, null="no maximum"),
-        "data.max_seconds": _num(0, lo_open=True), "data.max_batch_size": _int(1, null="no cap"),
-        "data.num_buckets": _int(1), "data.num_workers": _int(0),
-        "model.arch": _choice(*ARCHS, extra=[f"{a}_ctc" for a in ARCHS]), "model.size": _choice(*sizes),
+        "data.min_duration": _num(0, null="no minimum"),
+        "data.max_duration": _num(0, lo_open=True, null="no maximum"),
+        "data.max_seconds": _num(0, lo_open=True),
+        "data.max_batch_size": _int(1, null="no cap"),
+        "data.num_buckets": _int(1),
+        "data.num_workers": _int(0),
+        "model.arch": _choice(*ARCHS, extra=[f"{a}_ctc" for a in ARCHS]),
+        "model.size": _choice(*sizes),
         "model.overrides": _MAPPING,
-        "teacher.cache": _str(null=True), "teacher.spec": _str(null=True),
-        "loss.ctc_weight": _num(0), "loss.kd_weight": _num(0), "loss.temperature": _num(*TEMPERATURE_RANGE),
-        "loss.shift": _int(0), "loss.blank_mode": _choice(*BLANK_MODES),
-        "loss.blank_threshold": _num(0, 1), "loss.blank_weight": _num(0, 1),
+        "teacher.cache": _str(null=True),
+        "teacher.spec": _str(null=True),
+        "loss.ctc_weight": _num(0),
+        "loss.kd_weight": _num(0),
+        "loss.temperature": _num(*TEMPERATURE_RANGE),
+        "loss.shift": _int(0),
+        "loss.blank_mode": _choice(*BLANK_MODES),
+        "loss.blank_threshold": _num(0, 1),
+        "loss.blank_weight": _num(0, 1),
         "loss.resample": _choice(*RESAMPLE_METHODS),
         "loss.unmapped": _Rule("drop or a student symbol (a non-empty string)", _str().ok),
-        "optim.lr": _num(0, lo_open=True), "optim.weight_decay": _num(0),
-        "optim.betas": _list(_num(0, 1, hi_open=True), "numbers in [0, 1)", 2), "optim.eps": _num(0, lo_open=True),
-        "optim.schedule": _choice("cosine", "noam", "constant"), "optim.warmup_steps": _int(0),
-        "optim.min_lr_ratio": _num(0, 1), "optim.total_steps": _int(1, null="epochs x steps per epoch"),
+        "optim.lr": _num(0, lo_open=True),
+        "optim.weight_decay": _num(0),
+        "optim.betas": _list(_num(0, 1, hi_open=True), "numbers in [0, 1)", 2),
+        "optim.eps": _num(0, lo_open=True),
+        "optim.schedule": _choice("cosine", "noam", "constant"),
+        "optim.warmup_steps": _int(0),
+        "optim.min_lr_ratio": _num(0, 1),
+        "optim.total_steps": _int(1, null="epochs x steps per epoch"),
         # 0 is what the trainer has always read as "no clipping"; a negative norm would flip the gradient
-        "optim.clip_grad_norm": _num(0, null="0 or null: no clipping"), "optim.accum_steps": _int(1),
-        "train.epochs": _int(1), "train.max_steps": _int(1, null="no limit"), "train.device": _DEVICE,
+        "optim.clip_grad_norm": _num(0, null="0 or null: no clipping"),
+        "optim.accum_steps": _int(1),
+        "train.epochs": _int(1),
+        "train.max_steps": _int(1, null="no limit"),
+        "train.device": _DEVICE,
         "train.amp": _choice("auto", "bf16", "off", extra=[False, None]),
-        "train.threads": _int(1, null="torch's default"), "train.log_every": _int(1),
+        "train.threads": _int(1, null="torch's default"),
+        "train.log_every": _int(1),
         "train.eval_every_steps": _int(0, null="0 or null: only at epoch ends"),
         "train.save_every_steps": _int(0, null="0 or null: only at epoch ends"),
-        "train.max_nonfinite": _int(1), "train.progress": _BOOL, "train.tensorboard": _BOOL,
+        "train.max_nonfinite": _int(1),
+        "train.progress": _BOOL,
+        "train.tensorboard": _BOOL,
     }
 
 
@@ -360,8 +406,13 @@ def _check_values(cfg: Mapping[str, Any], partial: bool) -> None:
 
 
 # SpecAugment's arguments (a section of its own: null turns it off, and keys left out keep SpecAugment's defaults)
-_SPECAUG = {"freq_masks": _int(0), "freq_width": _int(0), "time_masks": _int(0), "time_width": _int(0),
-            "max_time_ratio": _num(0, 1)}
+_SPECAUG = {
+    "freq_masks": _int(0),
+    "freq_width": _int(0),
+    "time_masks": _int(0),
+    "time_width": _int(0),
+    "max_time_ratio": _num(0, 1),
+}
 
 
 def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
@@ -384,8 +435,9 @@ def _check_open_sections(cfg: Mapping[str, Any]) -> None:
         if key not in _SPECAUG:
             near = difflib.get_close_matches(str(key), list(_SPECAUG), n=2)
             hint = f"; did you mean {', '.join('data.specaug.' + n for n in near)}?" if near else ""
-            raise ConfigError(f"unknown config key 'data.specaug.{key}'{hint} (SpecAugment takes "
-                              f"{', '.join(_SPECAUG)})")
+            raise ConfigError(
+                f"unknown config key 'data.specaug.{key}'{hint} (SpecAugment takes {', '.join(_SPECAUG)})"
+            )
         if not _SPECAUG[key].ok(value):
             raise ConfigError(f"config key 'data.specaug.{key}' must be {_SPECAUG[key].allowed}, got {value!r}")
 
@@ -401,16 +453,22 @@ def validate(cfg: Mapping[str, Any], *, partial: bool = False) -> None:
     _check_open_sections(cfg)
     d, m, t, lo = cfg["data"], cfg["model"], cfg["teacher"], cfg["loss"]
     if lo["kd_weight"] > 0 and not (t["cache"] or t["spec"]) and not partial:
-        raise ConfigError("loss.kd_weight > 0 needs a teacher: set teacher.cache (a cache-teacher folder) "
-                          "or teacher.spec (run it in the loop)")
+        raise ConfigError(
+            "loss.kd_weight > 0 needs a teacher: set teacher.cache (a cache-teacher folder) "
+            "or teacher.spec (run it in the loop)"
+        )
     if t["cache"] and d["speed_perturb"]:
-        raise ConfigError("data.speed_perturb changes the audio the cached teacher saw: use teacher.spec "
-                          "(teacher in the loop) or no speed perturbation with teacher.cache")
+        raise ConfigError(
+            "data.speed_perturb changes the audio the cached teacher saw: use teacher.spec "
+            "(teacher in the loop) or no speed perturbation with teacher.cache"
+        )
     if lo["ctc_weight"] <= 0 and lo["kd_weight"] <= 0:
         raise ConfigError("loss.ctc_weight and loss.kd_weight are both 0: nothing to train")
     if d["min_duration"] is not None and d["max_duration"] is not None and d["min_duration"] > d["max_duration"]:
-        raise ConfigError(f"data.min_duration ({d['min_duration']}) is above data.max_duration "
-                          f"({d['max_duration']}): every utterance would be skipped")
+        raise ConfigError(
+            f"data.min_duration ({d['min_duration']}) is above data.max_duration "
+            f"({d['max_duration']}): every utterance would be skipped"
+        )
     _check_size(m["arch"], m["size"])
 
 
@@ -419,8 +477,9 @@ def _check_size(arch: str, size: str) -> None:
 
     sizes = SIZES[arch.removesuffix("_ctc")]
     if size not in sizes:
-        raise ConfigError(f"config key 'model.size' must be one of {', '.join(sizes)} for model.arch {arch}, "
-                          f"got {size!r}")
+        raise ConfigError(
+            f"config key 'model.size' must be one of {', '.join(sizes)} for model.arch {arch}, got {size!r}"
+        )
 
 
 def diff(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

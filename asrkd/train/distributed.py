@@ -53,8 +53,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
     if world > 1:
         info.backend = "nccl" if dev.type == "cuda" else "gloo"
         if not dist.is_initialized():
-            dist.init_process_group(info.backend, timeout=timedelta(minutes=30),
-                                    device_id=dev if dev.type == "cuda" else None)
+            dist.init_process_group(
+                info.backend, timeout=timedelta(minutes=30), device_id=dev if dev.type == "cuda" else None
+            )
     return info
 
 

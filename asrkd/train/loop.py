@@ -80,9 +80,11 @@ def _train(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> dict[str, Any]:
 
         run.tb = SummaryWriter(str(run.exp / "tensorboard"))
     o = cfg["optim"]
-    run.log(f"training: {run.loop.epochs} epochs, {math.ceil(len(run.sampler) / run.loop.accum_steps)} optimizer "
-            f"steps per epoch, schedule {o['schedule']} over {run.scheduler.lr_lambdas[0].total} steps, "
-            f"accum {run.loop.accum_steps}, peak lr {o['lr']:g}")
+    run.log(
+        f"training: {run.loop.epochs} epochs, {math.ceil(len(run.sampler) / run.loop.accum_steps)} optimizer "
+        f"steps per epoch, schedule {o['schedule']} over {run.scheduler.lr_lambdas[0].total} steps, "
+        f"accum {run.loop.accum_steps}, peak lr {o['lr']:g}"
+    )
     fit(run)
     if run.tb:
         run.tb.close()
@@ -152,8 +154,9 @@ def train_step(run: Run, batches: Iterable[dict[str, Any]], n: int) -> tuple[tor
             (loss / n).backward()
         stats.add(loss, out, batch["size"], float(batch["wave_lengths"].sum()) / run.sample_rate)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.loop.clip_grad_norm)
-    flags = torch.tensor([float(not (stats.finite and math.isfinite(float(grad_norm)))), float(stats.sums["utts"])],
-                         device=run.device)
+    flags = torch.tensor(
+        [float(not (stats.finite and math.isfinite(float(grad_norm)))), float(stats.sums["utts"])], device=run.device
+    )
     bad, most_utts = all_reduce(flags, run.ddp, op="max").tolist()
     taken = not bad and most_utts > 0
     if taken:
@@ -175,14 +178,17 @@ def _count_nonfinite(run: Run) -> None:
     p = run.progress
     p.nonfinite_skipped += 1
     p.nonfinite_run += 1
-    run.log(f"step {p.step + 1}: non-finite loss or gradient, step skipped "
-            f"({p.nonfinite_run} in a row, {p.nonfinite_skipped} in all)")
+    run.log(
+        f"step {p.step + 1}: non-finite loss or gradient, step skipped "
+        f"({p.nonfinite_run} in a row, {p.nonfinite_skipped} in all)"
+    )
     if p.nonfinite_run >= run.loop.max_nonfinite:
         raise TrainingError(
             f"{p.nonfinite_run} optimizer steps in a row had a NaN/Inf loss or gradient "
             f"(train.max_nonfinite={run.loop.max_nonfinite}); stopping at step {p.step + 1}. "
             "Lower optim.lr, keep optim.clip_grad_norm, check the data; the last good "
-            f"checkpoint is {run.last_checkpoint}")
+            f"checkpoint is {run.last_checkpoint}"
+        )
 
 
 class _LogWindow:
@@ -201,8 +207,10 @@ def _log_step(run: Run, epoch: int, grad_norm: torch.Tensor, window: _LogWindow,
     if not (run.main and g["utts"]):
         return
     step, lr = run.progress.step, run.scheduler.get_last_lr()[0]
-    bar.set_postfix_str(f"loss {g['loss']:.3f} ctc {g['ctc']:.3f} kd {g['kd']:.3f} lr {lr:.2e} "
-                        f"{g['utts'] / seconds:.1f} utt/s {rate:.0f}x audio")
+    bar.set_postfix_str(
+        f"loss {g['loss']:.3f} ctc {g['ctc']:.3f} kd {g['kd']:.3f} lr {lr:.2e} "
+        f"{g['utts'] / seconds:.1f} utt/s {rate:.0f}x audio"
+    )
     if run.tb:
         for k in ("loss", "ctc", "kd"):
             run.tb.add_scalar(f"train/{k}", g[k], step)
@@ -210,8 +218,10 @@ def _log_step(run: Run, epoch: int, grad_norm: torch.Tensor, window: _LogWindow,
         run.tb.add_scalar("train/grad_norm", float(grad_norm), step)
         run.tb.add_scalar("train/audio_x_realtime", rate, step)
         run.tb.add_scalar("train/nonfinite_skipped", run.progress.nonfinite_skipped, step)
-    bar.write_log(f"step {step}  epoch {epoch + 1}  loss {g['loss']:.4f}  ctc {g['ctc']:.4f}  "
-                  f"kd {g['kd']:.4f}  lr {lr:.3e}  |g| {float(grad_norm):.2f}  {rate:.1f}x audio")
+    bar.write_log(
+        f"step {step}  epoch {epoch + 1}  loss {g['loss']:.4f}  ctc {g['ctc']:.4f}  "
+        f"kd {g['kd']:.4f}  lr {lr:.3e}  |g| {float(grad_norm):.2f}  {rate:.1f}x audio"
+    )
 
 
 def _stop_reason(run: Run, epoch: int, at_end: bool) -> str | None:
@@ -231,22 +241,35 @@ def finish_epoch(run: Run, epoch: int) -> None:
     finished = p.batches_done == len(run.sampler)
     g = Stats.from_state(p.epoch_stats).reduced(run.ddp, run.device)
     res = evaluate_dev(run) if run.main else None
-    entry = {"epoch": epoch + 1, "step": p.step, "partial": not finished, "train_loss": g["loss"],
-             "train_ctc": g["ctc"], "train_kd": g["kd"], "lr": run.scheduler.get_last_lr()[0],
-             "elapsed_s": round(p.elapsed_s + time.time() - run.t_start, 1)}
+    entry = {
+        "epoch": epoch + 1,
+        "step": p.step,
+        "partial": not finished,
+        "train_loss": g["loss"],
+        "train_ctc": g["ctc"],
+        "train_kd": g["kd"],
+        "lr": run.scheduler.get_last_lr()[0],
+        "elapsed_s": round(p.elapsed_s + time.time() - run.t_start, 1),
+    }
     if res is not None:
         entry.update(dev_wer=res["wer"], dev_cer=res["cer"], dev_ctc=res["ctc"])
     p.history.append(entry)
     names = ["last.pt"]
     if run.main and (res is None or p.best is None or res["cer"] < p.best["dev_cer"]):
-        p.best = {"epoch": epoch + 1, "step": p.step, "dev_cer": res["cer"] if res else None,
-                  "dev_wer": res["wer"] if res else None}
+        p.best = {
+            "epoch": epoch + 1,
+            "step": p.step,
+            "dev_cer": res["cer"] if res else None,
+            "dev_wer": res["wer"] if res else None,
+        }
         names.append("best.pt")
     p.best = broadcast_object(p.best, run.ddp)
-    run.log(f"epoch {epoch + 1}{' (partial)' if not finished else ''}: train loss {g['loss']:.4f} "
-            f"(ctc {g['ctc']:.4f}, kd {g['kd']:.4f}) in {time.time() - run.t_start:.0f} s"
-            + (f"; dev %WER {res['wer']:.2f} %CER {res['cer']:.2f}" if res else "")
-            + (f"; best so far: epoch {p.best['epoch']}" if p.best else ""))
+    run.log(
+        f"epoch {epoch + 1}{' (partial)' if not finished else ''}: train loss {g['loss']:.4f} "
+        f"(ctc {g['ctc']:.4f}, kd {g['kd']:.4f}) in {time.time() - run.t_start:.0f} s"
+        + (f"; dev %WER {res['wer']:.2f} %CER {res['cer']:.2f}" if res else "")
+        + (f"; best so far: epoch {p.best['epoch']}" if p.best else "")
+    )
     if finished:
         p.epoch, p.batches_done, p.epoch_stats = epoch + 1, 0, Stats().state()
         run.sampler.set_epoch(epoch + 1)
@@ -259,8 +282,10 @@ def evaluate_dev(run: Run) -> dict[str, Any] | None:
         return None
     res = evaluate(run.model, run.dev.loader, run.dev.refs, run.tokenizer, run.device, run.amp_dtype, run.dev.rejects)
     missing = f"{res['missing']} without a hypothesis{' (scored as deletions)' if res['missing'] else ''}"
-    run.log(f"dev: %WER {res['wer']:.2f}  %CER {res['cer']:.2f}  ctc {res['ctc']:.3f}  ({res['utterances']} "
-            f"utterances, {missing}, {res['seconds']:.0f} s)")
+    run.log(
+        f"dev: %WER {res['wer']:.2f}  %CER {res['cer']:.2f}  ctc {res['ctc']:.3f}  ({res['utterances']} "
+        f"utterances, {missing}, {res['seconds']:.0f} s)"
+    )
     if run.tb:
         for k in ("wer", "cer", "ctc"):
             run.tb.add_scalar(f"dev/{k}", res[k], run.progress.step)
@@ -293,14 +318,25 @@ def evaluate(model, loader, refs: dict[str, str], tokenizer, device, amp_dtype=N
             logits = logits.float()
             for uid, ids in zip(batch["ids"], greedy_decode(logits.cpu(), lengths.cpu(), blank=tokenizer.blank_id)):
                 hyps[uid] = tokenizer.decode(ids)
-            loss, used, _ = ctc_loss(logits.log_softmax(-1), lengths, batch["targets"].to(device),
-                                     batch["target_lengths"].to(device), blank=tokenizer.blank_id)
+            loss, used, _ = ctc_loss(
+                logits.log_softmax(-1),
+                lengths,
+                batch["targets"].to(device),
+                batch["target_lengths"].to(device),
+                blank=tokenizer.blank_id,
+            )
             ctc_sum += float(loss) * int(used)
             ctc_n += int(used)
     model.train(was_training)
     res = score(refs, hyps, normalizer=DEV_NORMALIZER)
-    return {"wer": res["wer"], "cer": res["cer"], "ctc": ctc_sum / max(ctc_n, 1), "utterances": res["utterances"],
-            "missing": res["missing_hyp"], "seconds": time.time() - t0}
+    return {
+        "wer": res["wer"],
+        "cer": res["cer"],
+        "ctc": ctc_sum / max(ctc_n, 1),
+        "utterances": res["utterances"],
+        "missing": res["missing_hyp"],
+        "seconds": time.time() - t0,
+    }
 
 
 def wrap_up(run: Run) -> dict[str, Any]:
@@ -314,17 +350,26 @@ def wrap_up(run: Run) -> dict[str, Any]:
             run.log(run.dev.rejects.summary(title="dev data: rejected"))
         if len(run.rejects):
             run.rejects.write_report(run.exp / "rejected.jsonl")
-        run.log(f"done: {run.progress.step} steps, {run.progress.nonfinite_skipped} skipped (NaN/Inf), "
-                f"{result['wall_s']:.0f} s; checkpoints {run.exp / 'last.pt'}, {run.exp / 'best.pt'}")
+        run.log(
+            f"done: {run.progress.step} steps, {run.progress.nonfinite_skipped} skipped (NaN/Inf), "
+            f"{result['wall_s']:.0f} s; checkpoints {run.exp / 'last.pt'}, {run.exp / 'best.pt'}"
+        )
     return result
 
 
 def summary(run: Run) -> dict[str, Any]:
     p = run.progress
-    return {"history": p.history, "best": p.best, "step": p.step, "epoch": p.epoch,
-            "nonfinite_skipped": p.nonfinite_skipped, "rejected": run.rejects.counts(),
-            "last": str(run.exp / "last.pt"), "best_path": str(run.exp / "best.pt"),
-            "wall_s": time.time() - run.t_start}
+    return {
+        "history": p.history,
+        "best": p.best,
+        "step": p.step,
+        "epoch": p.epoch,
+        "nonfinite_skipped": p.nonfinite_skipped,
+        "rejected": run.rejects.counts(),
+        "last": str(run.exp / "last.pt"),
+        "best_path": str(run.exp / "best.pt"),
+        "wall_s": time.time() - run.t_start,
+    }
 
 
 __all__ = ["TrainingError", "evaluate", "fit", "train", "training_checkpoint"]

@@ -35,7 +35,7 @@ class LoopConfig:
     epochs: int
     accum_steps: int = 1
     clip_grad_norm: float = math.inf
-    log_every: int | None = 50    # None: no step lines, only the epochs'
+    log_every: int | None = 50  # None: no step lines, only the epochs'
     eval_every_steps: int | None = None
     save_every_steps: int | None = None
     max_steps: int | None = None
@@ -45,26 +45,32 @@ class LoopConfig:
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> LoopConfig:
         o, tr = cfg["optim"], cfg["train"]
-        return cls(epochs=int(tr["epochs"]), accum_steps=int(o["accum_steps"]),
-                   clip_grad_norm=float(o["clip_grad_norm"]) if o["clip_grad_norm"] else math.inf,
-                   log_every=tr["log_every"], eval_every_steps=tr["eval_every_steps"],
-                   save_every_steps=tr["save_every_steps"], max_steps=tr["max_steps"],
-                   max_nonfinite=tr["max_nonfinite"], progress=bool(tr["progress"]))
+        return cls(
+            epochs=int(tr["epochs"]),
+            accum_steps=int(o["accum_steps"]),
+            clip_grad_norm=float(o["clip_grad_norm"]) if o["clip_grad_norm"] else math.inf,
+            log_every=tr["log_every"],
+            eval_every_steps=tr["eval_every_steps"],
+            save_every_steps=tr["save_every_steps"],
+            max_steps=tr["max_steps"],
+            max_nonfinite=tr["max_nonfinite"],
+            progress=bool(tr["progress"]),
+        )
 
 
 @dataclass
 class Progress:
     """Where the run stands; saved in every checkpoint (plain data) and restored on resume."""
 
-    epoch: int = 0                 # epochs finished
-    batches_done: int = 0          # batches of the current epoch already trained on
-    step: int = 0                  # optimizer steps taken or skipped
+    epoch: int = 0  # epochs finished
+    batches_done: int = 0  # batches of the current epoch already trained on
+    step: int = 0  # optimizer steps taken or skipped
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] | None = None
     nonfinite_skipped: int = 0
-    nonfinite_run: int = 0         # skipped in a row
+    nonfinite_run: int = 0  # skipped in a row
     epoch_stats: dict[str, float] = field(default_factory=lambda: Stats().state())
-    elapsed_s: float = 0.0         # of the runs before a resume
+    elapsed_s: float = 0.0  # of the runs before a resume
 
     def state(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,8 +91,17 @@ class Objective:
     all-reduce.
     """
 
-    def __init__(self, loss_fn, *, input_dim: int, dummy_frames: int, device: torch.device,
-                 amp_dtype: torch.dtype | None = None, cache=None, teacher=None):
+    def __init__(
+        self,
+        loss_fn,
+        *,
+        input_dim: int,
+        dummy_frames: int,
+        device: torch.device,
+        amp_dtype: torch.dtype | None = None,
+        cache=None,
+        teacher=None,
+    ):
         self.loss_fn, self.cache, self.teacher = loss_fn, cache, teacher
         self.input_dim, self.dummy_frames = input_dim, dummy_frames
         self.device, self.amp_dtype = device, amp_dtype
@@ -99,10 +114,17 @@ class Objective:
                 logits, _ = net(feats, torch.tensor([self.dummy_frames], device=device))
             return logits.float().sum() * 0.0, None
         with autocast(device, self.amp_dtype):
-            logits, out_lengths = net(batch["feats"].to(device, non_blocking=True),
-                                      batch["feat_lengths"].to(device, non_blocking=True))
-        out = self.loss_fn(logits, out_lengths, batch["targets"].to(device), batch["target_lengths"].to(device),
-                           has_text=batch["has_text"].to(device), teacher=self._teacher_outputs(batch))
+            logits, out_lengths = net(
+                batch["feats"].to(device, non_blocking=True), batch["feat_lengths"].to(device, non_blocking=True)
+            )
+        out = self.loss_fn(
+            logits,
+            out_lengths,
+            batch["targets"].to(device),
+            batch["target_lengths"].to(device),
+            has_text=batch["has_text"].to(device),
+            teacher=self._teacher_outputs(batch),
+        )
         return out.loss, out
 
     def _teacher_outputs(self, batch: dict[str, Any]) -> TeacherOutput | None:
@@ -111,8 +133,10 @@ class Objective:
         if self.teacher is None:
             return None
         with autocast(self.device, self.amp_dtype):
-            t_logits, t_lengths = self.teacher(batch["waves"].to(self.device, non_blocking=True),
-                                               batch["wave_lengths"].to(self.device, non_blocking=True))
+            t_logits, t_lengths = self.teacher(
+                batch["waves"].to(self.device, non_blocking=True),
+                batch["wave_lengths"].to(self.device, non_blocking=True),
+            )
         return TeacherOutput(logits=t_logits, lengths=t_lengths)
 
 
@@ -137,22 +161,22 @@ class Run:
     objective: Objective
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    sampler: Any                   # a DurationBatchSampler
-    items: Any                     # the SeededItems the loader reads (its epoch is set per epoch)
+    sampler: Any  # a DurationBatchSampler
+    items: Any  # the SeededItems the loader reads (its epoch is set per epoch)
     loader: Any
     tokenizer: Any
-    rejects: Any                   # a Rejects for the training data
+    rejects: Any  # a Rejects for the training data
     log: Log
     #: writes checkpoints: ``save(run, names, epoch, batches_done)``, called on every rank
     save: Callable[..., None]
     dev: DevSet | None = None
     progress: Progress = field(default_factory=Progress)
-    net: torch.nn.Module | None = None   # the model, or its DistributedDataParallel wrapper
+    net: torch.nn.Module | None = None  # the model, or its DistributedDataParallel wrapper
     amp_dtype: torch.dtype | None = None
-    sample_rate: int = 16000       # of batch["wave_lengths"], for the audio seconds in the log
+    sample_rate: int = 16000  # of batch["wave_lengths"], for the audio seconds in the log
     deadline: float | None = None  # time.monotonic() past which training stops (after one epoch)
-    last_checkpoint: str = "last.pt"   # named in the NaN/Inf error
-    tb: Any = None                 # a TensorBoard SummaryWriter
+    last_checkpoint: str = "last.pt"  # named in the NaN/Inf error
+    tb: Any = None  # a TensorBoard SummaryWriter
     t_start: float = field(default_factory=time.time)
     #: the checkpoint entries that do not change during the run (arch, tokenizer, config, ...)
     checkpoint_meta: dict[str, Any] = field(default_factory=dict)
@@ -206,8 +230,14 @@ class Stats:
         t = all_reduce(torch.tensor([self.sums[k] for k in self.KEYS], dtype=torch.float64, device=device), ddp)
         s = dict(zip(self.KEYS, t.tolist()))
         n = max(s["utts"], 1.0)
-        return {"loss": s["loss"] / n, "ctc": s["ctc"] / n, "kd": s["kd"] / n, "utts": s["utts"],
-                "seconds": s["seconds"], "batches": s["batches"]}
+        return {
+            "loss": s["loss"] / n,
+            "ctc": s["ctc"] / n,
+            "kd": s["kd"] / n,
+            "utts": s["utts"],
+            "seconds": s["seconds"],
+            "batches": s["batches"],
+        }
 
     def state(self) -> dict[str, float]:
         return dict(self.sums)

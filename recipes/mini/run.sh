@@ -132,7 +132,7 @@ run_stage 3 cache "$DATA/corpus.json" "$EXP/teacher.pt" -- "$ASRKD" cache-teache
 run_stage 4 student_ctc "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_ctc.yaml" -- \
   train_student student_ctc "$CONF/student_ctc.yaml"
 
-run_stage 5 student_kd "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" -- \
+run_stage 5 student_kd "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" "$CONF/student_ctc.yaml" -- \
   train_student student_kd "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train"
 
 run_stage 6 decode "$EXP/teacher.pt" "$EXP/student_ctc/best.pt" "$EXP/student_kd/best.pt" -- decode_all

@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-
 # Functional form: TorchScript cannot read the string annotations that
 # `from __future__ import annotations` gives a class-style NamedTuple.
 StreamState = NamedTuple(
@@ -227,4 +225,3 @@ class StreamingCTC(nn.Module):
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -65,14 +65,22 @@ def load_whisper_teacher(
     from asrkd.models.teachers.whisper import vocab_from_tokenizer
 
     vocab, blank_id = vocab_from_tokenizer(tokenizer)
-    model = build_whisper_ctc(weights, len(vocab), head_layers=head_layers, head_hidden=head_hidden, head_kernel=head_kernel, seed=seed)
+    model = build_whisper_ctc(
+        weights, len(vocab), head_layers=head_layers, head_hidden=head_hidden, head_kernel=head_kernel, seed=seed
+    )
     warnings.warn(
         f"teacher {spec or weights}: the CTC head is untrained (random); train it with `asrkd teacher-adapt` "
         "and load the result with load_teacher('asrkd:teacher.pt')",
         stacklevel=3,
     )
-    return AcousticModel(model, vocab=vocab, blank_id=blank_id, frame_rate=model.frame_rate,
-                         spec=spec or f"whisper:{weights}", frozen=True)
+    return AcousticModel(
+        model,
+        vocab=vocab,
+        blank_id=blank_id,
+        frame_rate=model.frame_rate,
+        spec=spec or f"whisper:{weights}",
+        frozen=True,
+    )
 
 
 def _load_pt(path: Path, kw: dict[str, Any]) -> AcousticModel:

@@ -170,9 +170,7 @@ def read_ct2_model(path: str | os.PathLike, *, prefix: str | None = None, to_flo
         count = int(np.prod(shape)) if shape else 1
         itemsize = 2 if np_dtype is None else np_dtype.itemsize
         if count * itemsize != num_bytes:
-            raise CT2FormatError(
-                f"{path}: variable {name!r} has shape {shape} ({dtype_name}) but {num_bytes} bytes"
-            )
+            raise CT2FormatError(f"{path}: variable {name!r} has shape {shape} ({dtype_name}) but {num_bytes} bytes")
         if np_dtype is None:  # bfloat16: the high half of a float32
             bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
             array = bits.view(np.float32)

@@ -81,8 +81,9 @@ def load_hf_ctc(directory: str | os.PathLike) -> AcousticModel:
         raise FileNotFoundError(f"Hugging Face model directory not found or without config.json: {directory}")
     transformers = _require_transformers()
     try:  # local files only; never remote code; .bin weights go through torch.load(weights_only=True)
-        model = transformers.AutoModelForCTC.from_pretrained(str(directory), local_files_only=True,
-                                                             trust_remote_code=False)
+        model = transformers.AutoModelForCTC.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as err:
         reason = next((ln.strip() for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
         raise ValueError(f"hf:{directory}: cannot load it as a Hugging Face CTC model: {reason}") from None
@@ -92,11 +93,14 @@ def load_hf_ctc(directory: str | os.PathLike) -> AcousticModel:
     if (directory / "preprocessor_config.json").is_file():
         pre = json.loads((directory / "preprocessor_config.json").read_text())
         if pre.get("sampling_rate", SAMPLE_RATE) != SAMPLE_RATE:
-            raise ValueError(f"{directory} expects {pre['sampling_rate']} Hz audio; asrkd teachers take {SAMPLE_RATE} Hz")
+            raise ValueError(
+                f"{directory} expects {pre['sampling_rate']} Hz audio; asrkd teachers take {SAMPLE_RATE} Hz"
+            )
         do_normalize = bool(pre.get("do_normalize", True))
         attention_mask = bool(pre.get("return_attention_mask", False))
     module = HFCTC(model, do_normalize=do_normalize, attention_mask=attention_mask)
     vocab = _vocab(directory, cfg.vocab_size)
     blank = cfg.pad_token_id if cfg.pad_token_id is not None else 0
-    return AcousticModel(module, vocab=vocab, blank_id=blank, frame_rate=module.frame_rate, spec=f"hf:{directory}",
-                         frozen=True)
+    return AcousticModel(
+        module, vocab=vocab, blank_id=blank, frame_rate=module.frame_rate, spec=f"hf:{directory}", frozen=True
+    )

@@ -32,9 +32,19 @@ from asrkd.models.acoustic import AcousticModel, conv_min_samples
 
 # Builders in torchaudio.models that accept `aux_num_out` (the CTC output layer size).
 ARCHS = (
-    "wav2vec2_base", "wav2vec2_large", "wav2vec2_large_lv60k", "wav2vec2_xlsr_300m", "wav2vec2_xlsr_1b",
-    "wav2vec2_xlsr_2b", "hubert_base", "hubert_large", "hubert_xlarge", "wavlm_base", "wavlm_large",
-    "wav2vec2_model", "wavlm_model",
+    "wav2vec2_base",
+    "wav2vec2_large",
+    "wav2vec2_large_lv60k",
+    "wav2vec2_xlsr_300m",
+    "wav2vec2_xlsr_1b",
+    "wav2vec2_xlsr_2b",
+    "hubert_base",
+    "hubert_large",
+    "hubert_xlarge",
+    "wavlm_base",
+    "wavlm_large",
+    "wav2vec2_model",
+    "wavlm_model",
 )
 
 
@@ -96,7 +106,9 @@ def load_torchaudio_bundle(name: str, *, normalize_waveform: bool | None = None)
         known = sorted(n for n in dir(pipelines) if n.isupper() and hasattr(getattr(pipelines, n), "get_labels"))
         raise ValueError(f"unknown torchaudio CTC bundle {name!r}; ASR bundles: {', '.join(known)}")
     if not hasattr(bundle, "get_labels"):
-        raise ValueError(f"torchaudio bundle {name!r} has no CTC output layer (a pretraining bundle); use an *_ASR_* one")
+        raise ValueError(
+            f"torchaudio bundle {name!r} has no CTC output layer (a pretraining bundle); use an *_ASR_* one"
+        )
     weights = bundle_weights_path(bundle)
     if not weights.is_file():
         raise FileNotFoundError(
@@ -112,8 +124,14 @@ def load_torchaudio_bundle(name: str, *, normalize_waveform: bool | None = None)
     if bundle.sample_rate != SAMPLE_RATE:
         raise ValueError(f"bundle {name} expects {bundle.sample_rate} Hz audio; asrkd teachers take {SAMPLE_RATE} Hz")
     module = TorchaudioCTC(inner, normalize_waveform)
-    return AcousticModel(module, vocab=list(bundle.get_labels()), blank_id=0, frame_rate=module.frame_rate,
-                         spec=f"torchaudio:{name}", frozen=True)
+    return AcousticModel(
+        module,
+        vocab=list(bundle.get_labels()),
+        blank_id=0,
+        frame_rate=module.frame_rate,
+        spec=f"torchaudio:{name}",
+        frozen=True,
+    )
 
 
 def _en_labels() -> list[str]:
@@ -143,8 +161,10 @@ def load_torchaudio_state_dict(
 
     obj = safe_load(path)
     extra: dict[str, Any] = {}
-    if isinstance(obj, dict) and any(k in obj for k in ("state_dict", "model")) and not any(
-        isinstance(v, torch.Tensor) for v in obj.values()
+    if (
+        isinstance(obj, dict)
+        and any(k in obj for k in ("state_dict", "model"))
+        and not any(isinstance(v, torch.Tensor) for v in obj.values())
     ):
         extra, obj = obj, obj.get("state_dict", obj.get("model"))
     if not isinstance(obj, dict) or "aux.weight" not in obj:
@@ -177,5 +197,11 @@ def load_torchaudio_state_dict(
     except RuntimeError as err:
         raise ValueError(f"{path} does not fit torchaudio.models.{arch}: {err}") from None
     module = TorchaudioCTC(model, normalize_waveform)
-    return AcousticModel(module, vocab=labels, blank_id=blank_id, frame_rate=module.frame_rate,
-                         spec=f"torchaudio-arch:{arch}:{path}", frozen=True)
+    return AcousticModel(
+        module,
+        vocab=labels,
+        blank_id=blank_id,
+        frame_rate=module.frame_rate,
+        spec=f"torchaudio-arch:{arch}:{path}",
+        frozen=True,
+    )

@@ -100,9 +100,9 @@ class WhisperLogMel(nn.Module):
         half = N_FFT // 2
         x = F.pad(x[:, None, :], (half, 0), mode="reflect")[:, 0]
         x = F.pad(x, (0, half))
-        spec = torch.stft(
-            x, N_FFT, HOP_LENGTH, window=self.window, center=False, return_complex=True
-        )[..., :T]  # (B, n_freqs, T)
+        spec = torch.stft(x, N_FFT, HOP_LENGTH, window=self.window, center=False, return_complex=True)[
+            ..., :T
+        ]  # (B, n_freqs, T)
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(power.transpose(1, 2), self.mel_fb)  # (B, T, n_mels)
         log_spec = torch.clamp(mel, min=1e-10).log10()
@@ -174,7 +174,9 @@ class WhisperEncoder(nn.Module):
 
     @property
     def dims(self) -> dict[str, int]:
-        return dict(n_mels=self.n_mels, n_ctx=self.n_ctx, n_state=self.n_state, n_head=self.n_head, n_layer=self.n_layer)
+        return dict(
+            n_mels=self.n_mels, n_ctx=self.n_ctx, n_state=self.n_state, n_head=self.n_head, n_layer=self.n_layer
+        )
 
     @staticmethod
     def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
@@ -193,7 +195,9 @@ class WhisperEncoder(nn.Module):
         x = x + self.positional_embedding[: x.size(1)]
         return x, out_lengths
 
-    def run_blocks(self, x: torch.Tensor, lengths: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    def run_blocks(
+        self, x: torch.Tensor, lengths: torch.Tensor, start: int = 0, stop: int | None = None
+    ) -> torch.Tensor:
         """Blocks ``start .. stop-1`` on the residual stream ``x (B, T', n_state)``."""
         key_mask = None if bool((lengths == x.size(1)).all()) else _frames_mask(lengths, x.size(1))
         for block in self.blocks[start:stop]:
@@ -245,7 +249,9 @@ class ConvCTCHead(nn.Module):
     gives each utterance its one-by-one result.
     """
 
-    def __init__(self, in_dim: int, vocab_size: int, layers: int = 2, hidden: int = 256, kernel: int = 5, dropout: float = 0.1):
+    def __init__(
+        self, in_dim: int, vocab_size: int, layers: int = 2, hidden: int = 256, kernel: int = 5, dropout: float = 0.1
+    ):
         super().__init__()
         if kernel % 2 == 0:
             raise ValueError(f"head kernel must be odd (same padding), got {kernel}")
@@ -297,7 +303,9 @@ class WhisperCTC(nn.Module):
     ):
         super().__init__()
         self.vocab_size = vocab_size
-        self.head_config = dict(head_layers=head_layers, head_hidden=head_hidden, head_kernel=head_kernel, head_dropout=head_dropout)
+        self.head_config = dict(
+            head_layers=head_layers, head_hidden=head_hidden, head_kernel=head_kernel, head_dropout=head_dropout
+        )
         self.frontend = WhisperLogMel(n_mels)
         self.encoder = WhisperEncoder(n_mels, n_ctx, n_state, n_head, n_layer)
         self.head = ConvCTCHead(n_state, vocab_size, head_layers, head_hidden, head_kernel, head_dropout)
@@ -318,7 +326,9 @@ class WhisperCTC(nn.Module):
 
 # --------------------------------------------------------------------------- weights
 # Per-block parameters whose openai-whisper names are this module's names.
-_OPENAI_SAME = tuple(f"{m}.{w}" for m in ("attn_ln", "attn.out", "mlp_ln", "mlp.0", "mlp.2") for w in ("weight", "bias"))
+_OPENAI_SAME = tuple(
+    f"{m}.{w}" for m in ("attn_ln", "attn.out", "mlp_ln", "mlp.0", "mlp.2") for w in ("weight", "bias")
+)
 
 
 def _fuse_qkv(q_w, q_b, k_w, k_b, v_w, v_b) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,7 +358,11 @@ def encoder_state_from_ct2(path: str | os.PathLike) -> tuple[dict[str, int], dic
     pos = m["encoder/position_encodings/encodings"]
     conv1 = m["encoder/conv1/weight"]
     dims = dict(
-        n_mels=conv1.shape[1], n_ctx=pos.shape[0], n_state=pos.shape[1], n_head=int(m.scalar("encoder/num_heads")), n_layer=n_layer
+        n_mels=conv1.shape[1],
+        n_ctx=pos.shape[0],
+        n_state=pos.shape[1],
+        n_head=int(m.scalar("encoder/num_heads")),
+        n_layer=n_layer,
     )
     sd: dict[str, torch.Tensor] = {
         "conv1.weight": conv1,
@@ -361,38 +375,55 @@ def encoder_state_from_ct2(path: str | os.PathLike) -> tuple[dict[str, int], dic
     }
     for i in range(n_layer):
         p, b = f"encoder/layer_{i}/", f"blocks.{i}."
-        sd.update({
-            b + "attn_ln.weight": m[p + "self_attention/layer_norm/gamma"],
-            b + "attn_ln.bias": m[p + "self_attention/layer_norm/beta"],
-            b + "attn.qkv.weight": m[p + "self_attention/linear_0/weight"],
-            b + "attn.qkv.bias": m[p + "self_attention/linear_0/bias"],
-            b + "attn.out.weight": m[p + "self_attention/linear_1/weight"],
-            b + "attn.out.bias": m[p + "self_attention/linear_1/bias"],
-            b + "mlp_ln.weight": m[p + "ffn/layer_norm/gamma"],
-            b + "mlp_ln.bias": m[p + "ffn/layer_norm/beta"],
-            b + "mlp.0.weight": m[p + "ffn/linear_0/weight"],
-            b + "mlp.0.bias": m[p + "ffn/linear_0/bias"],
-            b + "mlp.2.weight": m[p + "ffn/linear_1/weight"],
-            b + "mlp.2.bias": m[p + "ffn/linear_1/bias"],
-        })
+        sd.update(
+            {
+                b + "attn_ln.weight": m[p + "self_attention/layer_norm/gamma"],
+                b + "attn_ln.bias": m[p + "self_attention/layer_norm/beta"],
+                b + "attn.qkv.weight": m[p + "self_attention/linear_0/weight"],
+                b + "attn.qkv.bias": m[p + "self_attention/linear_0/bias"],
+                b + "attn.out.weight": m[p + "self_attention/linear_1/weight"],
+                b + "attn.out.bias": m[p + "self_attention/linear_1/bias"],
+                b + "mlp_ln.weight": m[p + "ffn/layer_norm/gamma"],
+                b + "mlp_ln.bias": m[p + "ffn/layer_norm/beta"],
+                b + "mlp.0.weight": m[p + "ffn/linear_0/weight"],
+                b + "mlp.0.bias": m[p + "ffn/linear_0/bias"],
+                b + "mlp.2.weight": m[p + "ffn/linear_1/weight"],
+                b + "mlp.2.bias": m[p + "ffn/linear_1/bias"],
+            }
+        )
     return dims, sd
 
 
-def encoder_state_from_openai(path: str | os.PathLike, checkpoint: dict | None = None) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
+def encoder_state_from_openai(
+    path: str | os.PathLike, checkpoint: dict | None = None
+) -> tuple[dict[str, int], dict[str, torch.Tensor]]:
     """From an openai-whisper checkpoint (``{"dims": {...}, "model_state_dict": {...}}``)."""
     ckpt = checkpoint if checkpoint is not None else safe_load(path)
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
         raise ValueError(f"{path} is not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')")
     d = ckpt["dims"]
-    dims = dict(n_mels=d["n_mels"], n_ctx=d["n_audio_ctx"], n_state=d["n_audio_state"], n_head=d["n_audio_head"], n_layer=d["n_audio_layer"])
-    src = {k[len("encoder."):]: v.float() for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
-    sd = {k: src[k] for k in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "ln_post.weight", "ln_post.bias")}
+    dims = dict(
+        n_mels=d["n_mels"],
+        n_ctx=d["n_audio_ctx"],
+        n_state=d["n_audio_state"],
+        n_head=d["n_audio_head"],
+        n_layer=d["n_audio_layer"],
+    )
+    src = {k[len("encoder.") :]: v.float() for k, v in ckpt["model_state_dict"].items() if k.startswith("encoder.")}
+    sd = {
+        k: src[k]
+        for k in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "ln_post.weight", "ln_post.bias")
+    }
     sd["positional_embedding"] = src.get("positional_embedding", sinusoids(dims["n_ctx"], dims["n_state"]))
     for i in range(dims["n_layer"]):
         a = f"blocks.{i}.attn."
         sd[a + "qkv.weight"], sd[a + "qkv.bias"] = _fuse_qkv(
-            src[a + "query.weight"], src[a + "query.bias"], src[a + "key.weight"], src.get(a + "key.bias"),
-            src[a + "value.weight"], src[a + "value.bias"],
+            src[a + "query.weight"],
+            src[a + "query.bias"],
+            src[a + "key.weight"],
+            src.get(a + "key.bias"),
+            src[a + "value.weight"],
+            src[a + "value.bias"],
         )
         sd.update({f"blocks.{i}.{n}": src[f"blocks.{i}.{n}"] for n in _OPENAI_SAME})
     return dims, sd
@@ -429,27 +460,36 @@ def encoder_state_from_hf(directory: str | os.PathLike) -> tuple[dict[str, int],
     if cfg.get("model_type") != "whisper":
         raise ValueError(f"{cfg_path} describes a {cfg.get('model_type')!r} model, not 'whisper'")
     dims = dict(
-        n_mels=cfg["num_mel_bins"], n_ctx=cfg["max_source_positions"], n_state=cfg["d_model"],
-        n_head=cfg["encoder_attention_heads"], n_layer=cfg["encoder_layers"],
+        n_mels=cfg["num_mel_bins"],
+        n_ctx=cfg["max_source_positions"],
+        n_state=cfg["d_model"],
+        n_head=cfg["encoder_attention_heads"],
+        n_layer=cfg["encoder_layers"],
     )
     weights = _read_hf_weights(directory)
     prefix = next((p for p in ("model.encoder.", "encoder.") if p + "conv1.weight" in weights), None)
     if prefix is None:
         raise ValueError(f"{directory}: no Whisper encoder weights (looked for model.encoder.conv1.weight)")
-    src = {k[len(prefix):]: v.float() for k, v in weights.items() if k.startswith(prefix)}
+    src = {k[len(prefix) :]: v.float() for k, v in weights.items() if k.startswith(prefix)}
     sd = {k: src[k] for k in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")}
     sd["positional_embedding"] = src["embed_positions.weight"]
     sd["ln_post.weight"], sd["ln_post.bias"] = src["layer_norm.weight"], src["layer_norm.bias"]
     for i in range(dims["n_layer"]):
         h, b = f"layers.{i}.", f"blocks.{i}."
         sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"] = _fuse_qkv(
-            src[h + "self_attn.q_proj.weight"], src[h + "self_attn.q_proj.bias"],
-            src[h + "self_attn.k_proj.weight"], src.get(h + "self_attn.k_proj.bias"),
-            src[h + "self_attn.v_proj.weight"], src[h + "self_attn.v_proj.bias"],
+            src[h + "self_attn.q_proj.weight"],
+            src[h + "self_attn.q_proj.bias"],
+            src[h + "self_attn.k_proj.weight"],
+            src.get(h + "self_attn.k_proj.bias"),
+            src[h + "self_attn.v_proj.weight"],
+            src[h + "self_attn.v_proj.bias"],
         )
         for ours, theirs in (
-            ("attn.out", "self_attn.out_proj"), ("attn_ln", "self_attn_layer_norm"),
-            ("mlp.0", "fc1"), ("mlp.2", "fc2"), ("mlp_ln", "final_layer_norm"),
+            ("attn.out", "self_attn.out_proj"),
+            ("attn_ln", "self_attn_layer_norm"),
+            ("mlp.0", "fc1"),
+            ("mlp.2", "fc2"),
+            ("mlp_ln", "final_layer_norm"),
         ):
             sd[f"{b}{ours}.weight"] = src[f"{h}{theirs}.weight"]
             sd[f"{b}{ours}.bias"] = src[f"{h}{theirs}.bias"]
@@ -473,13 +513,18 @@ def whisper_format(path: str | os.PathLike) -> str:
         return "ct2"
     if path.suffix in {".pt", ".pth"}:
         return "openai"
-    raise ValueError(f"{path}: not a Whisper weights file (expected a CTranslate2 model.bin, an openai-whisper .pt or a HF directory)")
+    raise ValueError(
+        f"{path}: not a Whisper weights file (expected a CTranslate2 model.bin, an openai-whisper .pt "
+        "or a HF directory)"
+    )
 
 
 def load_whisper_encoder(path: str | os.PathLike) -> WhisperEncoder:
     """A :class:`WhisperEncoder` (fp32, eval) with the weights of ``path`` (any of the three formats)."""
     fmt = whisper_format(path)
-    dims, sd = {"ct2": encoder_state_from_ct2, "hf": encoder_state_from_hf, "openai": encoder_state_from_openai}[fmt](path)
+    dims, sd = {"ct2": encoder_state_from_ct2, "hf": encoder_state_from_hf, "openai": encoder_state_from_openai}[fmt](
+        path
+    )
     enc = WhisperEncoder(**dims)
     enc.load_state_dict({k: v.float().contiguous() for k, v in sd.items()})
     return enc.eval()
@@ -516,8 +561,14 @@ def build_whisper_ctc(
     encoder = load_whisper_encoder(weights)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = WhisperCTC(vocab_size, **encoder.dims, head_layers=head_layers, head_hidden=head_hidden,
-                           head_kernel=head_kernel, head_dropout=head_dropout)
+        model = WhisperCTC(
+            vocab_size,
+            **encoder.dims,
+            head_layers=head_layers,
+            head_hidden=head_hidden,
+            head_kernel=head_kernel,
+            head_dropout=head_dropout,
+        )
     model.encoder.load_state_dict(encoder.state_dict())
     return model
 

@@ -381,3 +381,18 @@ def test_cli_end_to_end(corpus, tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert "--chunk-ms needs --streaming" in err and "multiple of the feature hop" in err and "not found" in err
+
+
+def test_min_samples_of_an_undeclared_waveform_network_and_of_the_delay_reference(corpus, tmp_path):
+    # A waveform network that declares no min_samples keeps decode's 400-sample rule: the 320-sample
+    # "blip" is counted as too short instead of reaching the network.
+    spiker = AcousticModel(_Spiker(), vocab=["-", "|", "A", "B", "C"], blank_id=0, frame_rate=50.0, spec="spiker")
+    assert spiker.min_samples == 400
+    _, stats = decode_manifest(spiker, corpus["manifest"])
+    assert "blip" in stats["failed_ids"] and stats["rejects"]["too_short"] == 1
+    # Whisper (320 samples) decodes the blip; the spiker as its emission-delay reference cannot
+    # take it: counted as skipped for the reference, and the run goes on.
+    teacher = _save_whisper(tmp_path / "teacher.pt")
+    _, stats = decode_manifest(str(teacher), corpus["manifest"], emission_delay_ref=spiker)
+    assert "blip" not in stats["failed_ids"]
+    assert stats["emission_delay"]["skipped"].get("too_short_for_reference") == 1

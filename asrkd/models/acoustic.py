@@ -147,16 +147,7 @@ class AcousticModel(nn.Module):
             if isinstance(cmvn, Mapping):
                 cmvn = GlobalCMVN.from_dict(cmvn)
             frontend = FeaturePipeline(config, cmvn)
-        return cls(
-            model,
-            vocab=tokenizer.tokens,
-            blank_id=int(getattr(tokenizer, "blank_id", 0)),
-            frame_rate=float(model.frame_rate),
-            frontend=frontend,
-            tokenizer=tokenizer,
-            spec=spec,
-            arch=arch,
-        )
+        return cls._named_by(tokenizer, model, frontend, spec=spec, arch=arch)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], spec: str, *, frozen: bool = False) -> AcousticModel:
@@ -180,6 +171,11 @@ class AcousticModel(nn.Module):
 
             cmvn = GlobalCMVN.from_dict(state["cmvn"]) if state.get("cmvn") else None
             frontend = FeaturePipeline(FeatureConfig.from_dict(state["features"]), cmvn)
+        return cls._named_by(tokenizer, model, frontend, spec=spec, arch=state.get("arch"), frozen=frozen)
+
+    @classmethod
+    def _named_by(cls, tokenizer: Any, model: nn.Module, frontend: nn.Module | None, **kw: Any) -> AcousticModel:
+        """A network whose outputs are ``tokenizer``'s symbols (blank: its ``blank_id``)."""
         return cls(
             model,
             vocab=tokenizer.tokens,
@@ -187,9 +183,7 @@ class AcousticModel(nn.Module):
             frame_rate=float(model.frame_rate),
             frontend=frontend,
             tokenizer=tokenizer,
-            spec=spec,
-            arch=state.get("arch"),
-            frozen=frozen,
+            **kw,
         )
 
     # -- module behaviour ------------------------------------------------------------------

@@ -6,15 +6,26 @@ Compared in one run, on the same inputs:
   compile  torch.compile of the eager function (inductor)
   liger    (CUDA, when liger_kernel imports) log_softmax x2 + LigerKLDIVLoss(log_target=True)
 
-The implementations are measured interleaved: ``--rounds`` rounds (default 5), each timing
-every implementation once in a rotated order, so that a machine that slows down or speeds up
-during the run (other load, frequency changes) shifts all of them alike. Reported per shape and
-dtype: the median over rounds of one forward+backward, the spread (min-max over rounds), the
-speed-up of the fused op over each other way as the median of the same-round ratios (with its
-min-max), effective bandwidth (the minimum traffic of the op: read student and
-teacher, write the gradient, divided by the time), and the peak memory allocated during the
-step beyond the inputs. On a GPU also the same-run device-to-device copy bandwidth and the
-fused op's effective bandwidth as a percentage of it.
+The implementations are measured interleaved: ``--rounds`` rounds (default 15), each timing
+every implementation for about ``--min-run-time / --rounds`` seconds in a rotated order, so that
+a machine that slows down or speeds up during the run (other processes on a shared machine,
+frequency changes) shifts all of them alike; short rounds keep each ratio's two timings close in
+time. Reported per shape and dtype: the median over rounds of one forward+backward with its
+spread (quartiles and min-max over rounds), the speed-up of the fused op over each other way as
+the median of the same-round ratios (with their quartiles and min-max), effective bandwidth
+(the minimum traffic of the op: read student and teacher, write the gradient, divided by the
+time), the peak memory allocated during the step beyond the inputs, and two gauges of other
+work on the machine: the 1-minute load average before and after the case, and, at the start of
+every round, the median time of a small parallel op (exp of 2^17 floats, ~0.1 ms on an idle
+2-core machine). The second is the one that matters: when other processes keep the cores busy,
+OpenMP's spin-waiting threads and the scheduler's 4 ms ticks turn parallel regions into
+multiples of 4 ms (measured: the fused op at (32, 400, 32) 0.7 ms -> 8.0 ms, every call, next
+to a 2-thread training job), and eager and torch.compile, with more regions per step, are hit
+differently, so that even same-round ratios then mean little. A case with a round whose probe
+exceeds 1 ms is flagged CONTENDED: rerun on a quiet machine (OMP_WAIT_POLICY=PASSIVE takes the
+spinning away, but measures another configuration; the JSON records it). On a GPU also the
+same-run device-to-device copy bandwidth and the fused op's effective bandwidth as a percentage
+of it.
 
     .venv/bin/python benchmarks/bench_kd_kl.py            # CPU (and CUDA when present)
     .venv/bin/python benchmarks/bench_kd_kl.py --quick    # smaller shapes, shorter runs
@@ -25,12 +36,16 @@ Writes benchmarks/results/kd_kl_<device>.json. Timings are measurements, never a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import gc
 import json
 import os
 import platform
 import re
+import statistics
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # keep the profiler's start/stop lines out of the table
@@ -79,11 +94,25 @@ def make_liger():
     return liger_kd, None
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """fd 2 to /dev/null: Kineto prints profiler_start/stop lines there whatever KINETO_LOG_LEVEL says."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def peak_bytes_cpu(step) -> int:
     """Peak of live CPU allocations during one step, from the profiler's memory events."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
     mem = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
@@ -119,9 +148,44 @@ def copy_bandwidth(nbytes: int, device: str, min_run_time: float) -> float:
 
 
 def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+    return statistics.median(xs)
+
+
+def _quartiles(xs):
+    """(q1, q3) of the rounds; both the value itself for a single round."""
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q3
+
+
+def _summary(xs):
+    q1, q3 = _quartiles(xs)
+    return {"median": _median(xs), "q1": q1, "q3": q3, "min": min(xs), "max": max(xs)}
+
+
+CONTENDED_PROBE_MS = 1.0
+
+
+def parallel_probe_ms(n_calls: int = 10) -> float:
+    """Median wall time of one small parallel CPU op (see the module doc)."""
+    x = torch.rand(1 << 17)
+    out = torch.empty_like(x)
+    for _ in range(3):
+        torch.exp(x, out=out)
+    times = []
+    for _ in range(n_calls):
+        t0 = time.perf_counter()
+        torch.exp(x, out=out)
+        times.append(time.perf_counter() - t0)
+    return _median(times) * 1e3
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def run_case(impls, B, T, V, dtype, device, min_run_time, rounds):
@@ -145,29 +209,53 @@ def run_case(impls, B, T, V, dtype, device, min_run_time, rounds):
             steps[name] = step
         except Exception as err:  # e.g. inductor unavailable: report, do not crash the run
             errors[name] = f"{type(err).__name__}: {err}"[:300]
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def timed(step, n):
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        sync()
+        return (time.perf_counter() - t0) / n
+
+    # Calls per round: enough to fill the round's share of the time (one call at least), from a
+    # short estimate, so that every implementation's round lasts about as long.
+    per_round = min_run_time / rounds
+    calls = {name: max(1, round(per_round / timed(step, 3))) for name, step in steps.items()}
     times: dict[str, list[float]] = {name: [] for name in steps}
+    probes = []
     names = list(steps)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            times[name].append(time_step(steps[name], min_run_time / rounds, warmup=0))
+    gc.collect()
+    gc.disable()  # a collection inside one implementation's round would charge it alone
+    try:
+        for r in range(rounds):
+            probes.append(parallel_probe_ms())
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                times[name].append(timed(steps[name], calls[name]))
+    finally:
+        gc.enable()
     rows = []
     for name in impls:
         if name in errors:
             rows.append({"impl": name, "error": errors[name]})
             continue
-        sec = _median(times[name])
+        ms = _summary([t * 1e3 for t in times[name]])
         rows.append(
             {
                 "impl": name,
-                "ms": sec * 1e3,
-                "ms_min": min(times[name]) * 1e3,
-                "ms_max": max(times[name]) * 1e3,
-                "gbps": traffic / sec / 1e9,
+                "ms": ms["median"],
+                "ms_q1": ms["q1"],
+                "ms_q3": ms["q3"],
+                "ms_min": ms["min"],
+                "ms_max": ms["max"],
+                "calls_per_round": calls[name],
+                "gbps": traffic / (ms["median"] / 1e3) / 1e9,
                 "peak_mb": peaks[name] / 2**20,
                 "round_ms": [t * 1e3 for t in times[name]],
             }
         )
-    return rows, traffic, times
+    return rows, traffic, times, probes
 
 
 def device_tag(device: str) -> str:
@@ -183,7 +271,7 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--min-run-time", type=float, default=None, help="seconds per implementation and case, split over the rounds"
     )
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds per case (default 15)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile baseline")
     ap.add_argument("--out-dir", default=str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -218,17 +306,25 @@ def main(argv=None) -> int:
             "extension": ops.extension_info(),
             "temperature": TEMPERATURE,
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "cpus": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # PASSIVE: another configuration
+            "load_avg_1m_start": _load(),
         }
         results = []
-        print(f"\n== {device} ({env['device']}, torch {env['torch']}, {env['threads']} threads) ==")
+        print(
+            f"\n== {device} ({env['device']}, torch {env['torch']}, {env['threads']} threads, "
+            f"1-min load average {env['load_avg_1m_start']}) =="
+        )
         header = (
-            f"{'B,T,V':>14} {'dtype':>8} {'impl':>8} {'ms':>9} {'ms min-max':>17} {'vs eager':>9} "
-            f"{'vs comp':>8} {'GB/s':>7} {'peak MB':>8}"
+            f"{'B,T,V':>14} {'dtype':>8} {'impl':>8} {'ms':>9} {'ms q1-q3':>17} {'ms min-max':>17} "
+            f"{'vs eager':>9} {'vs comp':>8} {'GB/s':>7} {'peak MB':>8}"
         )
         copy_bw = None
         for B, T, V in shapes:
             for dtype in dtypes:
-                rows, traffic, times = run_case(impls, B, T, V, dtype, device, min_run_time, args.rounds)
+                load_before = _load()
+                rows, traffic, times, probes = run_case(impls, B, T, V, dtype, device, min_run_time, args.rounds)
+                n_contended = sum(p > CONTENDED_PROBE_MS for p in probes)
                 by = {r["impl"]: r for r in rows if "ms" in r}
                 fused = by.get("fused")
                 case = {
@@ -236,14 +332,19 @@ def main(argv=None) -> int:
                     "dtype": str(dtype).replace("torch.", ""),
                     "traffic_bytes": traffic,
                     "rounds": args.rounds,
+                    "load_avg_1m": [load_before, _load()],
+                    "parallel_probe_ms": probes,
+                    "contended_rounds": n_contended,
+                    "contended": n_contended > 0,
                     "rows": rows,
                 }
                 if fused:
                     for other in ("eager", "compile", "liger"):
                         if other in by:  # ratios of the same round: drift between rounds cancels
-                            ratios = [a / b for a, b in zip(times[other], times["fused"])]
-                            case[f"speedup_vs_{other}"] = _median(ratios)
-                            case[f"speedup_vs_{other}_range"] = [min(ratios), max(ratios)]
+                            ratios = _summary([a / b for a, b in zip(times[other], times["fused"])])
+                            case[f"speedup_vs_{other}"] = ratios["median"]
+                            case[f"speedup_vs_{other}_iqr"] = [ratios["q1"], ratios["q3"]]
+                            case[f"speedup_vs_{other}_range"] = [ratios["min"], ratios["max"]]
                 if device == "cuda" and fused:
                     copy_bw = copy_bandwidth(traffic, device, min_run_time)
                     case["copy_gbps"] = copy_bw / 1e9
@@ -264,24 +365,43 @@ def main(argv=None) -> int:
                         if "compile" in by
                         else float("nan")
                     )
+                    iqr = f"{r['ms_q1']:.3f}-{r['ms_q3']:.3f}"
                     spread = f"{r['ms_min']:.3f}-{r['ms_max']:.3f}"
                     print(
-                        f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8} {r['ms']:9.3f} {spread:>17} "
+                        f"{str((B, T, V)):>14} {case['dtype']:>8} {r['impl']:>8} {r['ms']:9.3f} {iqr:>17} {spread:>17} "
                         f"{ve:8.2f}x {vc:7.2f}x {r['gbps']:7.2f} {r['peak_mb']:8.1f}"
                     )
                 if fused:
                     ranges = "; ".join(
-                        f"vs {o} {case[f'speedup_vs_{o}']:.2f}x (rounds "
-                        f"{case[f'speedup_vs_{o}_range'][0]:.2f}-{case[f'speedup_vs_{o}_range'][1]:.2f})"
+                        f"vs {o} {case[f'speedup_vs_{o}']:.2f}x (rounds q1-q3 {case[f'speedup_vs_{o}_iqr'][0]:.2f}-"
+                        f"{case[f'speedup_vs_{o}_iqr'][1]:.2f}, min-max {case[f'speedup_vs_{o}_range'][0]:.2f}-"
+                        f"{case[f'speedup_vs_{o}_range'][1]:.2f})"
                         for o in ("eager", "compile", "liger")
                         if f"speedup_vs_{o}" in case
                     )
-                    print(f"{'':>14} {'':>8} {'fused':>8} {ranges}")
+                    print(
+                        f"{'':>14} {'':>8} {'fused':>8} {ranges}; load {case['load_avg_1m'][0]}"
+                        f" -> {case['load_avg_1m'][1]}, parallel probe median {_median(probes):.2f} ms, max "
+                        f"{max(probes):.2f} ms"
+                        + (
+                            f"  CONTENDED in {n_contended}/{len(probes)} rounds: other work held the CPUs, these "
+                            "figures are not the kernels'"
+                            if n_contended
+                            else ""
+                        )
+                    )
                 if "fused_pct_of_copy" in case:
                     print(
                         f"{'':>14} {'':>8} {'copy':>8} same-run device copy {case['copy_gbps']:.1f} GB/s; "
                         f"fused at {case['fused_pct_of_copy']:.1f}% of it"
                     )
+        env["load_avg_1m_end"] = _load()
+        cases_contended = sum(c["contended"] for c in results)
+        if cases_contended:
+            print(
+                f"warning: {cases_contended} of {len(results)} cases had contended rounds (parallel probe > "
+                f"{CONTENDED_PROBE_MS} ms); rerun on a quiet machine before quoting them"
+            )
         for k, v in notes.items():
             print(f"note: {k}: {v}")
         out = out_dir / f"kd_kl_{device_tag(device)}{'_quick' if args.quick else ''}.json"

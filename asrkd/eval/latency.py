@@ -121,6 +121,9 @@ class DelayMeter:
         else:
             ref_model = load_acoustic_model(ref, device)
         self.ref = ref_model
+        # id -> canonical symbol of each model, for matching tokens across vocabularies
+        self.ref_symbols = ref_model.symbols(range(len(ref_model.vocab)))
+        self.rec_symbols = rec.symbols(range(len(rec.vocab)))
         self.description = (
             f"forced alignment of the reference text on {'its own' if ref_model is rec else ref_model.spec} "
             "full-context log-probs"
@@ -172,7 +175,7 @@ class DelayMeter:
                 ref_ids,
                 blank=self.ref.blank_id,
                 frame_rate=self.ref.frame_rate,
-                symbols=self.ref.symbols(range(len(self.ref.vocab))),
+                symbols=self.ref_symbols,
             )
         except ValueError:
             self.skipped["too_short_for_alignment"] += 1
@@ -182,7 +185,7 @@ class DelayMeter:
             hyp_ids,
             blank=self.rec.blank_id,
             frame_rate=self.rec.frame_rate,
-            symbols=self.rec.symbols(range(len(self.rec.vocab))),
+            symbols=self.rec_symbols,
         )
         self.utterances += 1
         self.hyp_tokens += len(hyp_em)

@@ -86,7 +86,8 @@ def load_adaptable(cfg: AdaptConfig, vocab_size: int) -> tuple[nn.Module, str]:
     """The ``WhisperCTC`` to adapt and the name of its source: pretrained Whisper weights and
     a fresh head (``whisper-tiny.en``, ``whisper:PATH``), or an adapted checkpoint to go on
     training (``asrkd:CKPT`` or a ``.pt`` path)."""
-    from asrkd.models.teachers.whisper import build_whisper_ctc, default_whisper_path
+    from asrkd.models.teachers import whisper_weights
+    from asrkd.models.teachers.whisper import build_whisper_ctc
 
     spec = cfg.teacher
     head = {
@@ -95,12 +96,11 @@ def load_adaptable(cfg: AdaptConfig, vocab_size: int) -> tuple[nn.Module, str]:
         "head_kernel": cfg.head_kernel,
         "head_dropout": cfg.dropout,
     }
-    if spec == "whisper-tiny.en":
-        return build_whisper_ctc(default_whisper_path(), vocab_size, seed=cfg.seed, **head), spec
-    if spec.startswith("whisper:"):
-        return build_whisper_ctc(spec.split(":", 1)[1], vocab_size, seed=cfg.seed, **head), spec
-    path = spec.split(":", 1)[1] if spec.startswith("asrkd:") else spec
-    if Path(path).suffix in {".pt", ".pth", ".ckpt"} or spec.startswith("asrkd:"):
+    weights = whisper_weights(spec)
+    if weights is not None:
+        return build_whisper_ctc(weights, vocab_size, seed=cfg.seed, **head), spec
+    path = Path(spec.removeprefix("asrkd:"))
+    if spec.startswith("asrkd:") or path.suffix in {".pt", ".pth", ".ckpt"}:
         from asrkd.models.checkpoint import load_model
 
         model, state = load_model(path)

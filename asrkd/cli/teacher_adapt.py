@@ -4,7 +4,8 @@
 ::
 
     asrkd teacher-adapt --teacher whisper-tiny.en --train train.jsonl --dev dev.jsonl \\
-        --tokenizer exp/tokenizer.json --out exp/teacher.pt [--epochs 40 | --minutes 10]
+        --tokenizer exp/tokenizer.json --out exp/teacher.pt [--epochs 40 | --minutes 10] \\
+        [--augment-copies 2 [--augment augment.yaml]]
 """
 
 from __future__ import annotations
@@ -86,6 +87,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=_D.max_seconds_per_batch,
         help=f"padded audio seconds per batch (encoding and training; default {_D.max_seconds_per_batch:g})",
     )
+    p.add_argument(
+        "--augment-copies",
+        type=int,
+        default=_D.augment_copies,
+        metavar="N",
+        help="also encode each training utterance N times from augmented audio (noise, reverb, telephone, "
+        "gain; seeded by --seed) and train on the copies too; the dev set stays clean. Costs N + 1 times "
+        f"the encoding time and memory (default {_D.augment_copies})",
+    )
+    p.add_argument(
+        "--augment",
+        metavar="CONFIG",
+        default=None,
+        help="YAML or JSON file of the copies' augmentation, as the trainer's data.augment (docs/data.md); "
+        "default with --augment-copies: all four at their default settings",
+    )
     p.add_argument("--seed", type=int, default=_D.seed)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -100,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_overwrite(
         {"--out": args.out, "--tokenizer": args.tokenizer},
-        {"--train": args.train, "--dev": args.dev, "--teacher": spec_file(args.teacher)},
+        {"--train": args.train, "--dev": args.dev, "--teacher": spec_file(args.teacher), "--augment": args.augment},
     )
     t0 = time.monotonic()
     deadline = None if args.minutes is None else t0 + 60.0 * args.minutes

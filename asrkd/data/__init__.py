@@ -7,6 +7,7 @@ and ``asrkd.data.synth`` are imported on demand.
 from __future__ import annotations
 
 from .audio import AudioError, AudioInfo, audio_info, load_audio, resample, write_audio
+from .augment import AugmentConfig, WaveAugment
 from .dataset import ASRDataset, build_dataloader, collate
 from .features import (
     FeatureConfig,
@@ -42,6 +43,8 @@ __all__ = [
     "load_audio",
     "resample",
     "write_audio",
+    "AugmentConfig",
+    "WaveAugment",
     "ASRDataset",
     "build_dataloader",
     "collate",

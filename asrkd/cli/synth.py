@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from asrkd.data.synth import SynthConfig, SynthError, synthesize
+from asrkd.data.synth import TEXT_SOURCES, SynthConfig, SynthError, synthesize
 
 HELP = "synthesize the offline mini corpus with espeak-ng and festival (manifests; held-out voices; a pool)"
 
@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--text",
-        choices=["wordnet", "words"],
+        choices=TEXT_SOURCES,
         default=d.text,
         help="wordnet: natural sentences (WordNet usage examples, apt wordnet-base); words: random word strings",
     )

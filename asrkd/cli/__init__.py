@@ -25,13 +25,15 @@ COMMANDS: dict[str, str] = {
     "cache-teacher": "asrkd.cli.cache_teacher",
     "train": "asrkd.cli.train",
     "decode": "asrkd.cli.decode",
+    "transcribe": "asrkd.cli.transcribe",
+    "pseudo-label": "asrkd.cli.pseudo_label",
     "wer": "asrkd.cli.wer",
     "export": "asrkd.cli.export",
     "report": "asrkd.cli.report",
     "demo": "asrkd.cli.demo",
 }
 # commands that open .pt files a user may hand them
-READS_CHECKPOINTS = {"teacher-adapt", "cache-teacher", "train", "decode", "export", "report"}
+READS_CHECKPOINTS = {"teacher-adapt", "cache-teacher", "train", "decode", "export", "report", "pseudo-label"}
 
 
 def _available() -> dict[str, str]:

@@ -32,6 +32,7 @@ import re
 import warnings
 import zipfile
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -252,3 +253,77 @@ def weights_hash(module: torch.nn.Module) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_checkpoint` copied into a model, and what it left as initialised."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    loaded_params: int = 0
+    missing: list[str] = field(default_factory=list)  # in the model, not in the checkpoint
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # name, checkpoint shape, model shape
+    unexpected: list[str] = field(default_factory=list)  # in the checkpoint, not in the model
+
+    def summary(self, limit: int = 5) -> str:
+        def some(names) -> str:
+            more = f", ... (+{len(names) - limit})" if len(names) > limit else ""
+            return ", ".join(names[:limit]) + more
+
+        lines = [
+            f"init from {self.source}: loaded {len(self.loaded)} tensors ({self.loaded_params / 1e6:.2f} M values)"
+        ]
+        if self.mismatched:
+            shapes = [f"{n} {tuple(a)} vs {tuple(b)}" for n, a, b in self.mismatched]
+            lines.append(f"  kept as initialised, shape differs (checkpoint vs model): {some(shapes)}")
+        if self.missing:
+            lines.append(f"  kept as initialised, not in the checkpoint: {some(self.missing)}")
+        if self.unexpected:
+            lines.append(f"  ignored, not in the model: {some(self.unexpected)}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "loaded": len(self.loaded),
+            "loaded_params": self.loaded_params,
+            "missing": self.missing,
+            "mismatched": [[n, list(a), list(b)] for n, a, b in self.mismatched],
+            "unexpected": self.unexpected,
+        }
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | os.PathLike, *, strict: bool = False) -> InitReport:
+    """Copy the weights of an asrkd checkpoint into ``model`` by parameter name and shape.
+
+    ``strict=False`` copies every tensor whose name and shape match and reports the rest
+    (e.g. a student pretrained with another vocabulary: everything but the output layer).
+    ``strict=True`` raises :class:`CheckpointError` unless every model tensor is in the file
+    with its shape and the file holds nothing else. The checkpoint is read with
+    :func:`safe_load` (tensors and plain data only).
+    """
+    state = load_checkpoint(path)
+    weights = state.get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: checkpoint has no 'model' weights")
+    report = InitReport(str(path))
+    own = model.state_dict()
+    for name, tensor in own.items():
+        have = weights.get(name)
+        if not isinstance(have, torch.Tensor):
+            report.missing.append(name)
+        elif tuple(have.shape) != tuple(tensor.shape):
+            report.mismatched.append((name, tuple(have.shape), tuple(tensor.shape)))
+        else:
+            report.loaded.append(name)
+            report.loaded_params += tensor.numel()
+    report.unexpected = [k for k in weights if k not in own]
+    if not report.loaded:
+        raise CheckpointError(f"{path}: no tensor of it fits the model by name and shape (another architecture?)")
+    if strict and (report.missing or report.mismatched or report.unexpected):
+        raise CheckpointError(f"model.init_strict: {path} does not fit the model\n{report.summary()}")
+    with torch.no_grad():
+        for name in report.loaded:
+            own[name].copy_(weights[name].to(own[name].dtype))
+    return report

@@ -81,7 +81,7 @@ def build_run(cfg: dict[str, Any], resume_from, ddp: DistInfo) -> Run:
     exp, log, amp_dtype, ckpt = start(cfg, resume_from, ddp)
     data = build_data(cfg, ckpt, resume_from, ddp, log)
     teacher = build_teacher(cfg, data, ddp.device, log)
-    model = build_model(cfg, data, ddp, log)
+    model = build_model(cfg, data, ddp, log, init=ckpt is None)
     loss_fn = build_loss(cfg, model, data.tokenizer, teacher, log)
     objective = Objective(
         loss_fn,
@@ -236,8 +236,9 @@ def _open_cache(t: dict[str, Any]) -> TeacherCache:
     return cache
 
 
-def build_model(cfg: dict[str, Any], data: Data, ddp: DistInfo, log: Log) -> torch.nn.Module:
-    """The student, with the same initial weights on every rank."""
+def build_model(cfg: dict[str, Any], data: Data, ddp: DistInfo, log: Log, init: bool = True) -> torch.nn.Module:
+    """The student, with the same initial weights on every rank: seeded, then (``init`` and
+    ``model.init``) copied from a checkpoint by name and shape; a resumed run skips that."""
     m, seed = cfg["model"], int(cfg["seed"])
     torch.manual_seed(seed)  # the same initial weights on every rank, whatever ran before
     overrides = {"input_dim": data.features.n_mels, "feature_rate": data.features.frame_rate, **(m["overrides"] or {})}
@@ -245,6 +246,12 @@ def build_model(cfg: dict[str, Any], data: Data, ddp: DistInfo, log: Log) -> tor
         model = build_student(m["arch"], m["size"], len(data.tokenizer), **overrides).to(ddp.device)
     except ValueError as err:
         raise ConfigError(f"model: {err}") from None
+    if init and m["init"]:
+        from asrkd.models.checkpoint import init_from_checkpoint
+
+        if not Path(m["init"]).is_file():
+            raise ConfigError(f"model.init: no such checkpoint: {m['init']}")
+        log(init_from_checkpoint(model, m["init"], strict=bool(m["init_strict"])).summary())
     torch.manual_seed(seed + ddp.rank)  # dropout masks differ across ranks
     log(
         f"student: {m['arch']} {m['size']}, {count_parameters(model) / 1e6:.2f} M parameters, "

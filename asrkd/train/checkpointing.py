@@ -115,6 +115,7 @@ def refuse_outputs_over_inputs(cfg: dict[str, Any], exp: Path, resume_from) -> N
 
     d, t = cfg["data"], cfg["teacher"]
     inputs = {
+        "model.init": cfg["model"]["init"],
         "data.train": d["train"],
         "data.dev": d["dev"],
         "data.tokenizer": d["tokenizer"],

@@ -79,6 +79,8 @@ DEFAULTS: dict[str, Any] = {
         "arch": "conformer",  # conformer | emformer
         "size": "xs",  # xs | s | m
         "overrides": {},  # any student constructor argument (dropout, chunk_size, ...)
+        "init": None,  # an asrkd student checkpoint to start from (by parameter name and shape)
+        "init_strict": False,  # true: every parameter must be in it with its shape, nothing else
     },
     "teacher": {
         "cache": None,  # folder written by `asrkd cache-teacher`
@@ -354,6 +356,8 @@ def _rules() -> dict[str, _Rule]:
         "model.arch": _choice(*ARCHS, extra=[f"{a}_ctc" for a in ARCHS]),
         "model.size": _choice(*sizes),
         "model.overrides": _MAPPING,
+        "model.init": _str(null=True),
+        "model.init_strict": _BOOL,
         "teacher.cache": _str(null=True),
         "teacher.spec": _str(null=True),
         "loss.ctc_weight": _num(0),

@@ -46,7 +46,7 @@ if [ ! -f "$deps_stamp" ]; then
   # torch first: the extension is compiled against the torch in this environment.
   "$VPY" -m pip install -q "torch>=2.11,<=2.14.1" "torchaudio==2.11.0" setuptools wheel pybind11 ninja
   # The package itself, editable, without compiling (the extension is built below).
-  ASRKD_SKIP_EXT=1 "$VPY" -m pip install -q --no-build-isolation -e ".[dev]"
+  ASRKD_SKIP_EXT=1 "$VPY" -m pip install -q --no-build-isolation -e ".[dev,whisper-base]"
   rm -f .venv/.asrkd-deps-*
   touch "$deps_stamp"
 fi

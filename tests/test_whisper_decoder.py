@@ -114,9 +114,10 @@ def real_speech(tmp_path_factory):
     return picked
 
 
-def _ct2_generate(model, waves, beam_size):
+def _ct2_generate(model, waves, beam_size, folder=None):
     ctranslate2 = pytest.importorskip("ctranslate2")
-    ct = ctranslate2.models.Whisper(str(default_whisper_path().parent), device="cpu", compute_type="float32")
+    folder = folder or default_whisper_path().parent
+    ct = ctranslate2.models.Whisper(str(folder), device="cpu", compute_type="float32")
     out = []
     for w in waves:
         padded = torch.zeros(1, CHUNK_SAMPLES)
@@ -157,6 +158,21 @@ def test_beam_search_on_real_speech(tiny, real_speech):
     targets = o.tokens + [tiny.vocab.eot]
     total = sum(float(lp[i, t]) for i, t in enumerate(targets))
     assert o.avg_logprob == pytest.approx(total / len(o.tokens), abs=0.05)
+
+
+def test_whisper_base_greedy_equals_ctranslate2(real_speech, tmp_path, monkeypatch):
+    """The multilingual prompt (<|en|><|transcribe|>) on the bigger model."""
+    from asrkd.models.teachers import whisper_base as wb
+
+    try:
+        folder = wb.whisper_base_dir(tmp_path)
+    except wb.WhisperBaseError as err:
+        pytest.skip(str(err))
+    base = load_whisper(folder)
+    waves = [u.load_audio(16000) for u in real_speech[:3]]
+    ours = transcribe(base, waves, batch_size=3)
+    theirs = _ct2_generate(base, waves, beam_size=1, folder=folder)
+    assert [o.tokens for o in ours] == [t.sequences_ids[0] for t in theirs]
 
 
 def test_longer_than_30_s_is_refused(tiny):

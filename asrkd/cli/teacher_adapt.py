@@ -24,8 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--teacher",
         default=_D.teacher,
-        help="whisper-tiny.en (default, offline), whisper:PATH (ct2 model.bin, openai .pt, HF dir), "
-        "or an adapted teacher checkpoint (asrkd:CKPT) to continue training",
+        help="whisper-tiny.en (default, offline), whisper-base (offline), whisper:PATH (ct2 model.bin, "
+        "openai .pt, HF dir), or an adapted teacher checkpoint (asrkd:CKPT) to continue training",
     )
     p.add_argument("--train", required=True, help="training manifest (JSONL, with text)")
     p.add_argument("--dev", help="dev manifest: CER/WER after each epoch; the best-CER epoch is kept")

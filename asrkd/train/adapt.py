@@ -145,7 +145,9 @@ def load_adaptable(cfg: AdaptConfig, vocab_size: int) -> tuple[nn.Module, str]:
         if model.vocab_size != vocab_size:
             raise ValueError(f"{path} has {model.vocab_size} outputs but the tokenizer has {vocab_size} symbols")
         return model, state.get("adapt", {}).get("source", spec)
-    raise ValueError(f"--teacher {spec!r}: expected whisper-tiny.en, whisper:PATH or an asrkd whisper_ctc checkpoint")
+    raise ValueError(
+        f"--teacher {spec!r}: expected whisper-tiny.en, whisper-base, whisper:PATH or an asrkd whisper_ctc checkpoint"
+    )
 
 
 class TopOfWhisper(nn.Module):

@@ -27,7 +27,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--teacher",
         required=True,
-        help="teacher spec (see `asrkd.models.teachers.load_teacher`), e.g. asrkd:exp/mini/teacher.pt",
+        action="append",
+        help="teacher spec (see `asrkd.models.teachers.load_teacher`), e.g. asrkd:exp/mini/teacher.pt; "
+        "repeat it for an ensemble (cached in the first teacher's vocabulary and frame rate)",
+    )
+    p.add_argument(
+        "--ensemble-weights",
+        type=lambda s: [float(x) for x in s.split(",")],
+        help="comma-separated weight per --teacher (default: equal)",
+    )
+    p.add_argument(
+        "--ensemble-combine",
+        choices=("prob", "logprob"),
+        default="prob",
+        help="mean of probabilities (default) or of log-probabilities",
     )
     p.add_argument("--manifest", required=True, help="manifest JSONL whose utterances are run through the teacher")
     p.add_argument("--out", required=True, help="cache folder (index.json + shard-*.pt)")
@@ -59,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     # Refused before the teacher runs (minutes to hours), not after.
     refuse_overwrite(
         {"--report": args.report, "--out index": out / INDEX},
-        {"--manifest": args.manifest, "--teacher": spec_file(args.teacher)},
+        {"--manifest": args.manifest, **{f"--teacher {t}": spec_file(t) for t in args.teacher}},
     )
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a cache folder: writing there would replace it")
@@ -67,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         args.teacher,
         args.manifest,
         args.out,
+        ensemble_weights=args.ensemble_weights,
+        ensemble_combine=args.ensemble_combine,
         topk=args.topk or None,
         shard_size=args.shard_size,
         batch_seconds=args.batch_seconds,

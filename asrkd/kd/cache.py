@@ -823,10 +823,12 @@ def _open_index(directory: Path) -> dict[str, Any]:
 
 
 def cache_teacher(
-    teacher_spec: str,
+    teacher_spec: str | Sequence[str],
     manifest: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
+    ensemble_weights: Sequence[float] | None = None,
+    ensemble_combine: str = "prob",
     topk: int | None = None,
     shard_size: int = 1000,
     batch_seconds: float = 200.0,
@@ -837,7 +839,8 @@ def cache_teacher(
     log: Callable[[str], None] = print,
 ):
     """What ``asrkd cache-teacher`` runs: load the manifest and the teacher
-    (``asrkd.models.teachers.load_teacher(teacher_spec)``), write or finish the cache in
+    (``asrkd.models.teachers.load_teacher(teacher_spec)``; several specs: their ensemble,
+    :func:`asrkd.models.teachers.ensemble.build_ensemble`), write or finish the cache in
     ``out_dir`` (:func:`build_cache`) and return the :class:`~asrkd.data.Rejects` of every
     utterance left out, the manifest's bad entries and those the teacher never gave outputs for.
     Raises ``ValueError`` for a manifest without a usable utterance and :class:`CacheKeyError` as
@@ -849,7 +852,15 @@ def cache_teacher(
     utts = load_manifest(manifest, rejects)
     if not utts:
         raise ValueError(f"no usable utterances in {manifest}\n{rejects.summary()}")
-    teacher = load_teacher(teacher_spec)
+    if isinstance(teacher_spec, (str, os.PathLike)):
+        teacher = load_teacher(teacher_spec)
+    elif len(teacher_spec) == 1:
+        teacher = load_teacher(teacher_spec[0])
+    else:
+        from asrkd.models.teachers.ensemble import build_ensemble
+
+        teacher = build_ensemble([load_teacher(t) for t in teacher_spec], ensemble_weights, ensemble_combine)
+        log(f"teacher: {teacher.spec}")
     index = build_cache(
         teacher,
         utts,

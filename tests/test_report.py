@@ -19,11 +19,13 @@ def _exp(tmp_path: Path) -> Path:
     scores = {"teacher": (40.0, 10.0, 30.0, 12.0), "student_ctc": (90.0, 30.0, 95.0, 60.0)}
     scores["student_kd"] = (80.0, 20.0, 85.0, 44.0)
     scores["student_kd_nopool"] = (82.0, 22.0, 90.0, 50.0)
+    scores["teacher_base"] = (35.0, 9.0, 25.0, 10.0)
     for name, (wer, cer, ood_wer, ood_cer) in scores.items():
         _wer(exp / "decode" / name, wer, cer)
         _wer(exp / "decode" / f"{name}_ood", ood_wer, ood_cer, words=304, chars=1614)
     (exp / "student_kd_nopool").mkdir()
     (exp / "student_kd_nopool" / "best.pt").write_bytes(b"")  # only its presence is read here
+    (exp / "teacher_base.pt").write_bytes(b"")  # another teacher (teacher-adapt writes exp/<name>.pt)
     # a decode folder without a trained model is not a variant
     _wer(exp / "decode" / "stray", 1.0, 1.0)
     return exp
@@ -34,11 +36,12 @@ def test_ood_entries_variants_and_gap(tmp_path, monkeypatch):
 
     monkeypatch.setattr(report, "_params", lambda ckpt: None)
     exp = _exp(tmp_path)
-    assert variants(exp) == ["student_kd_nopool"]
+    assert variants(exp) == ["student_kd_nopool", "teacher_base"]
     results = collect(exp)
     assert results["student_kd"]["ood"] == {"wer": 85.0, "cer": 44.0, "words": 304, "chars": 1614}
     assert results["teacher"]["ood"]["cer"] == 12.0 and results["teacher"]["cer"] == 10.0
     assert results["variants"]["student_kd_nopool"]["ood"]["cer"] == 50.0
+    assert results["variants"]["teacher_base"]["cer"] == 9.0
     # (60 - 44) / (60 - 12) = 1/3
     assert results["ood_cer_gap_closed"] == round(16 / 48, 4)
     assert ood_gap_closed(results, "student_kd_nopool") == round(10 / 48, 4)

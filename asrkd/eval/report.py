@@ -27,12 +27,12 @@ MODES = ("", "_streaming", "_ood")
 
 
 def variants(exp: Path) -> list[str]:
-    """Other models the recipe trained and decoded (ablations): ``exp/<name>/best.pt`` with
-    ``exp/decode/<name>/wer.json``."""
+    """Other models the recipe trained and decoded (ablations, other teachers):
+    ``exp/<name>/best.pt`` or ``exp/<name>.pt`` with ``exp/decode/<name>/wer.json``."""
     found = []
     for d in sorted((exp / "decode").glob("*/wer.json")):
         name = d.parent.name
-        if name not in MODELS and not name.endswith(MODES[1:]) and (exp / name / "best.pt").is_file():
+        if name not in MODELS and not name.endswith(MODES[1:]) and _checkpoint_of(exp, name).is_file():
             found.append(name)
     return found
 
@@ -67,7 +67,9 @@ def _inputs(exp: Path) -> dict[str, Path]:
 
 
 def _checkpoint_of(exp: Path, name: str) -> Path:
-    return exp / "teacher.pt" if name == "teacher" else exp / name / "best.pt"
+    """``exp/<name>/best.pt`` for a trained student, ``exp/<name>.pt`` for a teacher (teacher-adapt)."""
+    trained = exp / name / "best.pt"
+    return trained if trained.is_file() or name in MODELS[1:] else exp / f"{name}.pt"
 
 
 def _params(ckpt: Path) -> int | None:

@@ -13,13 +13,16 @@
 #   8 variants  (only with --variants) ablations of student_kd, decoded and added to the table
 #   9 pseudo    (only with --pseudo-labels) Whisper tiny.en's own decoder labels the pool (kept
 #               where the CTC teacher agrees within PL_MAX_CER %); student_kd_pl trains on them
+#  10 ensemble  (only with --ensemble) a Whisper base CTC teacher (teacher_base), the tiny.en +
+#               base ensemble cached, student_kd_ens distilled from it
 #
-# Usage: recipes/mini/run.sh [--quick] [--variants] [--pseudo-labels] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
+# Usage: recipes/mini/run.sh [--quick] [--variants] [--pseudo-labels] [--ensemble] [--stage N] [--stop-stage N] [--exp DIR] [--threads N]
 #   --quick     a few minutes of audio and short trainings (≈3 min; CI runs it); default exp/mini-quick
 #   --variants  also train the ablations (waveform augmentation, with the cache or an in-loop
 #               teacher hearing the augmented audio; no pool): about 50 more minutes
 #   --pseudo-labels  also label the pool with Whisper's decoder and train student_kd_pl (CTC on
 #               the pseudo-labels + KD): see docs/training.md for its time
+#   --ensemble  also adapt a Whisper base teacher and distil from the tiny.en + base ensemble
 # Every stage is resumable: finished stages are skipped when their inputs have not changed
 # (stamps in EXP/.stamps), training resumes from its last checkpoint, the cache from its shards.
 set -euo pipefail
@@ -32,6 +35,7 @@ stop_stage=100
 quick=0
 variants=0
 pseudo=0
+ensemble=0
 exp=""
 threads="$(nproc)"
 while [ $# -gt 0 ]; do
@@ -39,11 +43,12 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --variants) variants=1 ;;
     --pseudo-labels) pseudo=1 ;;
+    --ensemble) ensemble=1 ;;
     --stage) stage="$2"; shift ;;
     --stop-stage) stop_stage="$2"; shift ;;
     --exp) exp="$2"; shift ;;
     --threads) threads="$2"; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -167,6 +172,14 @@ run_stage 5 student_kd "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.y
 run_stage 6 decode "$EXP/teacher.pt" "$EXP/student_ctc/best.pt" "$EXP/student_kd/best.pt" "$DATA/ood/ood.json" -- \
   decode_all
 
+variant_ens() {
+  decode_and_score teacher_base "$EXP/teacher_base.pt"
+  if have_ood; then decode_and_score teacher_base "$EXP/teacher_base.pt" --ood; fi
+  train_student student_kd_ens "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train_ens" \
+    data.train="$DATA/train_pool.jsonl"
+  decode_student student_kd_ens
+}
+
 variant_pl() {
   train_student student_kd_pl "$CONF/student_kd.yaml" teacher.cache="$EXP/cache/train" \
     data.train="$DATA/train_pool_pl.jsonl"
@@ -196,13 +209,25 @@ fi
 if [ "$pseudo" = 1 ]; then
   # sequence-level KD: Whisper's transcripts of the untranscribed pool, filtered by agreement
   # with the CTC teacher (the threshold was chosen on dev: docs/training.md), become CTC targets
-  PL_MAX_CER="${PL_MAX_CER:-40}"
+  PL_MAX_CER="${PL_MAX_CER:-30}"
   run_stage 9 pseudo "$DATA/corpus.json" "$EXP/teacher.pt" -- "$ASRKD" pseudo-label --teacher whisper-tiny.en \
     --manifest "$DATA/pool.jsonl" --out "$DATA/pool_pl.jsonl" --ctc-teacher "$EXP/teacher.pt" \
     --max-cer "$PL_MAX_CER" --threads "$threads" --json "$EXP/pseudo_label.json" --no-progress
   cat "$DATA/train.jsonl" "$DATA/pool_pl.jsonl" >"$DATA/train_pool_pl.jsonl"
   run_stage 9 kd_pl "$DATA/corpus.json" "$EXP/teacher.pt" "$CONF/student_kd.yaml" "$DATA/pool_pl.jsonl" -- \
     variant_pl
+fi
+
+if [ "$ensemble" = 1 ]; then
+  # a bigger teacher (Whisper base, 20.8 M encoder) adapted like tiny.en, decoded beside it,
+  # and the two as one ensemble teacher (mean of probabilities, equal weights)
+  run_stage 10 teacher_base "$DATA/corpus.json" -- "$ASRKD" teacher-adapt --teacher whisper-base \
+    --train "$DATA/train.jsonl" --dev "$DATA/dev.jsonl" --tokenizer "$EXP/tokenizer.json" \
+    --out "$EXP/teacher_base.pt" --threads "$threads" "${ADAPT_ARGS[@]}"
+  run_stage 10 cache_ens "$DATA/corpus.json" "$EXP/teacher.pt" "$EXP/teacher_base.pt" -- "$ASRKD" cache-teacher \
+    --teacher "asrkd:$EXP/teacher.pt" --teacher "asrkd:$EXP/teacher_base.pt" --manifest "$DATA/train_pool.jsonl" \
+    --out "$EXP/cache/train_ens" --threads "$threads" --num-workers 1 --force
+  run_stage 10 kd_ens "$DATA/corpus.json" "$EXP/teacher_base.pt" "$CONF/student_kd.yaml" -- variant_ens
 fi
 
 if [ 7 -ge "$stage" ] && [ 7 -le "$stop_stage" ]; then

@@ -6,6 +6,8 @@
         [--streaming [--chunk-ms 240]] [--decoder greedy|beam --beam 8 --lexicon L --lm LM] \\
         [--emission-delay-ref exp/mini/teacher.pt | forced-align] [--json stats.json]
 
+    asrkd decode --checkpoint exp/mini/student_kd.pt a.wav b.flac recordings/      # plain files: prints lines
+
 writes Kaldi-style lines ``utt-id word word ...``, one per manifest entry, and prints the
 real-time factor (and, streaming, the latency and the per-token emission delay). The work is
 :func:`asrkd.eval.decode.decode_manifest`.
@@ -17,10 +19,10 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 from asrkd.atomic import refuse_overwrite, refuse_overwrite_files, write_text
-from asrkd.eval.decode import decode_manifest, format_summary, write_hypotheses
+from asrkd.cli._inputs import add_input_arguments, emit, resolve_inputs
+from asrkd.eval.decode import decode_manifest, format_summary
 
 HELP = "decode a manifest with an asrkd checkpoint (full-utterance or streaming) into Kaldi-style hypotheses"
 
@@ -31,8 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="asrkd checkpoint (any arch: student, adapted teacher, ...) or a teacher spec",
     )
-    parser.add_argument("--manifest", required=True, help="manifest JSONL to decode")
-    parser.add_argument("--out", required=True, help="hypotheses, Kaldi style: utt-id word word ...")
+    add_input_arguments(parser)
     s = parser.add_argument_group("streaming")
     s.add_argument("--streaming", action="store_true", help="decode chunk by chunk through the student's streaming API")
     s.add_argument(
@@ -73,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from asrkd.data import Rejects, load_manifest
+    from asrkd.data import Rejects
     from asrkd.models.teachers import spec_file
 
     def fail(msg: str) -> int:
@@ -91,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--beam must be >= 1, got {args.beam}")
     if not (math.isfinite(args.batch_seconds) and args.batch_seconds > 0):
         return fail(f"--batch-seconds must be > 0, got {args.batch_seconds}")
-    if not Path(args.manifest).is_file():
-        raise FileNotFoundError(f"manifest not found: {args.manifest}")
+    rejects = Rejects()
+    entries, audio = resolve_inputs(args, rejects)
     outputs = {"--out": args.out, "--json": args.json, "--report": args.report}
     refuse_overwrite(
         outputs,
@@ -104,15 +105,13 @@ def run(args: argparse.Namespace) -> int:
             "--emission-delay-ref": spec_file(args.emission_delay_ref),
         },
     )
-    audio = [u.audio for u in load_manifest(args.manifest, Rejects(), audio_only=True)]
-    refuse_overwrite_files(outputs, audio, f"an audio file of {args.manifest}")
+    refuse_overwrite_files(outputs, audio, f"an audio file of {args.manifest or 'the input'}")
     options = {k: v for k, v in (("lm_weight", args.lm_weight), ("word_score", args.word_score)) if v is not None}
     if options and args.beam_backend == "asrkd":
         return fail("--lm-weight/--word-score belong to the torchaudio beam search")
-    rejects = Rejects()
     hyps, stats = decode_manifest(
         args.checkpoint,
-        args.manifest,
+        entries,
         streaming=args.streaming,
         chunk_ms=args.chunk_ms,
         decoder=args.decoder,
@@ -130,15 +129,17 @@ def run(args: argparse.Namespace) -> int:
     )  # errors of the run itself (a refused checkpoint, bad audio settings): one line from asrkd.cli, exit 1
     if not hyps:
         raise ValueError(f"{args.manifest}: no entries to decode\n{rejects.summary()}")
-    write_hypotheses(args.out, hyps)
-    stats["out"] = str(args.out)
-    print(format_summary(stats))
+    emit(args, hyps)
+    stats["out"] = str(args.out) if args.out else None
+    info = sys.stdout if args.out else sys.stderr  # stdout holds the hypotheses when there is no --out
+    print(format_summary(stats), file=info)
     if len(rejects):
-        print(rejects.summary())
+        print(rejects.summary(), file=info)
     if args.report:
         rejects.write_report(args.report)
-        print(f"report: {args.report}")
+        print(f"report: {args.report}", file=info)
     if args.json:
         write_text(args.json, json.dumps(stats, indent=2) + "\n")
-    print(f"wrote {len(hyps)} hypotheses to {args.out}")
+    if args.out:
+        print(f"wrote {len(hyps)} hypotheses to {args.out}")
     return 1 if args.strict and stats["failed"] else 0

@@ -4,6 +4,7 @@
 
     asrkd transcribe --teacher whisper-tiny.en --manifest data/test.jsonl --out hyp.txt \\
         [--beam 5] [--batch-size 8] [--raw-text] [--json stats.json]
+    asrkd transcribe --teacher whisper-base a.wav recordings/          # plain files: prints lines
 
 writes Kaldi-style lines ``utt-id word word ...`` like ``asrkd decode``, the text normalised to
 the student's characters (``--raw-text`` keeps Whisper's case, punctuation and digits). The work
@@ -15,15 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from asrkd.cli._inputs import add_input_arguments, emit, resolve_inputs
 
 HELP = "transcribe a manifest with Whisper's own decoder (greedy or beam) into Kaldi-style hypotheses"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default="whisper-tiny.en", help="whisper-tiny.en, whisper-base or whisper:DIR")
-    parser.add_argument("--manifest", required=True, help="manifest JSONL to transcribe")
-    parser.add_argument("--out", required=True, help="hypotheses, Kaldi style: utt-id word word ...")
+    add_input_arguments(parser)
     parser.add_argument("--beam", type=int, default=1, help="beam size (1: greedy search)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per batch")
     parser.add_argument("--raw-text", action="store_true", help="Whisper's text as it writes it (no normalisation)")
@@ -38,29 +39,26 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from asrkd.atomic import refuse_overwrite, refuse_overwrite_files, write_text
-    from asrkd.data import Rejects, load_manifest
-    from asrkd.eval.decode import write_hypotheses
+    from asrkd.data import Rejects
     from asrkd.eval.transcribe import transcribe_manifest
     from asrkd.models.teachers import spec_file
 
     if args.beam < 1 or args.batch_size < 1:
         print("asrkd transcribe: error: --beam and --batch-size must be >= 1", file=sys.stderr)
         return 2
-    if not Path(args.manifest).is_file():
-        raise FileNotFoundError(f"manifest not found: {args.manifest}")
+    rejects = Rejects()
+    entries, audio = resolve_inputs(args, rejects)
     refuse_overwrite(
         {"--out": args.out, "--json": args.json, "--report": args.report},
         {"--manifest": args.manifest, "--teacher": spec_file(args.teacher)},
     )
     outputs = {"--out": args.out, "--json": args.json, "--report": args.report}
-    audio = [u.audio for u in load_manifest(args.manifest, Rejects(), audio_only=True)]
-    refuse_overwrite_files(outputs, audio, f"an audio file of {args.manifest}")
+    refuse_overwrite_files(outputs, audio, f"an audio file of {args.manifest or 'the input'}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    rejects = Rejects()
     result = transcribe_manifest(
         args.teacher,
-        args.manifest,
+        entries,
         beam_size=args.beam,
         batch_size=args.batch_size,
         normalize=not args.raw_text,
@@ -70,19 +68,22 @@ def run(args: argparse.Namespace) -> int:
     )
     if not result.texts:
         raise ValueError(f"{args.manifest}: no entries to transcribe\n{rejects.summary()}")
-    write_hypotheses(args.out, result.texts)
+    emit(args, result.texts)
+    info = sys.stdout if args.out else sys.stderr  # stdout holds the hypotheses when there is no --out
     s = result.stats
     rtf = "n/a" if s["rtf"] is None else f"{s['rtf']:.4f}"
     print(
         f"transcribed {s['decoded']} of {s['utterances']} utterances ({s['audio_s']:.1f} s of audio) in "
         f"{s['wall_s']:.1f} s wall; RTF {rtf} ({'greedy' if args.beam == 1 else f'beam {args.beam}'}, "
-        f"{s['device']}, {s['threads']} threads)"
+        f"{s['device']}, {s['threads']} threads)",
+        file=info,
     )
     if len(rejects):
-        print(rejects.summary())
+        print(rejects.summary(), file=info)
     if args.report:
         rejects.write_report(args.report)
     if args.json:
         write_text(args.json, json.dumps(s, indent=2) + "\n")
-    print(f"wrote {len(result.texts)} hypotheses to {args.out}")
+    if args.out:
+        print(f"wrote {len(result.texts)} hypotheses to {args.out}")
     return 0

